@@ -1,0 +1,89 @@
+"""Every number of the method, and every decision SPEC.md marks [D], as named settings.
+
+Arrays in the working frame are indexed ``[z, y, x]``: z = cranio-caudal pointing Inferior
+(3.0 mm), y = antero-posterior pointing Posterior, x = left-right pointing Left (0.78 mm each),
+i.e. nibabel axis codes ``('I', 'P', 'L')`` -- KiTS19's own "interpolated" frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WORKING_SPACING_ZYX: tuple[float, float, float] = (3.0, 0.78162497, 0.78162497)
+WORKING_AXCODES: tuple[str, str, str] = ("I", "P", "L")
+
+LABEL_BACKGROUND = 0
+LABEL_KIDNEY = 1
+LABEL_TUMOR = 2
+
+
+@dataclass(frozen=True)
+class IntensitySettings:
+    """HU window mapped linearly onto [0, 1] (SPEC §0)."""
+
+    hu_min: float = -200.0
+    hu_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class GeometrySettings:
+    """Conventions shared by every stage (SPEC, 'Conventions')."""
+
+    downsample_factor: int = 4
+    gaussian_truncate: float = 4.0  # Gaussian filters are truncated at 4 sigma, mode="constant"
+    probability_threshold: float = 0.5  # p counts as 1 when p >= 0.5
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Landmark heat-map (stage 1) and soft-boundary (stage 2) targets (SPEC §1-2)."""
+
+    landmark_sigma: float = 3.0
+    landmark_min_component_fraction: float = 0.05  # [D] drop components < 5 % of the largest
+    boundary_sigma_kidney: float = 3.0  # kidney and kidney+tumor targets
+    boundary_sigma_tumor: float = 2.0  # tumor targets
+
+
+@dataclass(frozen=True)
+class Stage1Settings:
+    """Localisation and mixed cropping (SPEC §1)."""
+
+    landmark_peak_threshold: float = 0.5  # [D] heat-map maxima that reach 0.5 are landmarks
+    landmark_peak_window: int = 9  # [D] 9 x 9 px maximum filter
+    landmark_peaks_per_channel: int = 2  # [D] up to two per channel and slice, one per kidney
+    width_tolerance: float = 0.2  # [D] |w_seg - w_lm| <= 0.2 * w_lm counts as "about the same"
+    refine_min_component_voxels: int = 1500  # components < 1500 voxels are removed
+    refine_max_volume_ratio: float = 0.5  # [D] refined box used when its volume < half
+    refine_with: str = "K"  # "K" (paper) or "KT": which stage-2 model refines the box
+    refine_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Ground-truth crops for training and the stage-2 margin (SPEC §2), total growth in voxels [z, y, x]."""
+
+    kidney_margin_zyx: tuple[int, int, int] = (16, 128, 128)  # [D] 8 / 64 / 64 per side
+    tumor_margin_zyx: tuple[int, int, int] = (8, 16, 16)
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """Label assignment and tumor clean-up (SPEC §3)."""
+
+    kt_only_label: int = LABEL_KIDNEY  # [D] KT=1 with neither K nor T -> kidney; 0 = strict consensus
+    min_tumor_component_pixels: int = 64  # keep per-slice tumor components with > 64 pixels
+    removed_tumor_label: int = LABEL_KIDNEY  # [D] removed tumor pixels become kidney
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """All settings of the method, grouped."""
+
+    intensity: IntensitySettings = field(default_factory=IntensitySettings)
+    geometry: GeometrySettings = field(default_factory=GeometrySettings)
+    targets: TargetSettings = field(default_factory=TargetSettings)
+    stage1: Stage1Settings = field(default_factory=Stage1Settings)
+    crop: CropSettings = field(default_factory=CropSettings)
+    fusion: FusionSettings = field(default_factory=FusionSettings)
+
+
+DEFAULT_SETTINGS = MethodSettings()

@@ -1,0 +1,1 @@
+"""Training toolkit: data preparation, samplers, losses, DDP training, evaluation and bundle export."""
