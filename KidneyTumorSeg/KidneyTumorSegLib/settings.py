@@ -75,6 +75,13 @@ class FusionSettings:
 
 
 @dataclass(frozen=True)
+class EvaluationSettings:
+    """Metrics beyond the KiTS19 Dice (SPEC §4)."""
+
+    surface_tolerance_mm: float = 2.0  # [D] surface Dice counts surface voxels within 2 mm
+
+
+@dataclass(frozen=True)
 class MethodSettings:
     """All settings of the method, grouped."""
 
@@ -84,6 +91,7 @@ class MethodSettings:
     stage1: Stage1Settings = field(default_factory=Stage1Settings)
     crop: CropSettings = field(default_factory=CropSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
 
 DEFAULT_SETTINGS = MethodSettings()

@@ -1,0 +1,203 @@
+"""The whole method on one image: working frame, stage 1, stage-2 ensemble, back to the input grid.
+
+:class:`Cascade` holds a verified bundle's networks as predictors on one device. Each stage is
+callable alone (``locate``; ``segment`` with a given crop box) because the Slicer panel shows
+stage 1's boxes and lets the user move the crop before stage 2 runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from .boxes import Box
+from .bundle import ModelBundle
+from .fusion import assign_labels, average_probabilities, clean_tumor
+from .geometry import WorkingFrame, labels_to_source, to_working_frame, working_frame_for
+from .imageio import Image
+from .inference import make_predictor, pick_device, predict_along_axis, resolve_amp_dtype, sliding_window_predict
+from .inference.cancellation import CancelCallback, check_cancel
+from .networks.registry import ROLES, required_divisor
+from .preprocessing import downsample_mean, normalize_hu
+from .settings import DEFAULT_SETTINGS, MethodSettings
+from .stage1 import Stage1Result, choose_crop
+
+logger = logging.getLogger(__name__)
+
+ProgressReport = Callable[[str, str, float], None]
+"""``report(stage, model, fraction)``: ``fraction`` of ``model``'s work in ``stage`` is done."""
+
+KIDNEY_ROLES = ("K1", "K2")
+TUMOR_3D_ROLES = ("T-vnet", "T-unet")
+TUMOR_2D_ROLES = tuple(role for role in ROLES if role.startswith("T2D-"))
+STAGE2_ORDER = ("KT", *KIDNEY_ROLES, *TUMOR_3D_ROLES, *TUMOR_2D_ROLES)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run the cascade: device ("auto" | "cpu" | "cuda"), autocast ("auto" | "none" |
+    "bf16" | "fp16"), sliding-window overlap and batch sizes, and which ensemble members to use
+    (None = every stage-2 model in the bundle)."""
+
+    device: str = "auto"
+    amp: str = "auto"
+    overlap: float = 0.5
+    batch_size: int = 2
+    batch_size_2d: int = 16
+    members: tuple[str, ...] | None = None
+    settings: MethodSettings = DEFAULT_SETTINGS
+
+
+@dataclass
+class PreparedCase:
+    """An input image brought to the working frame: ``normalized`` is ``[z, y, x]`` float32 in [0, 1]."""
+
+    image: Image
+    frame: WorkingFrame
+    normalized: np.ndarray
+    kidney_cache: dict[Box, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """A finished segmentation: ``labels`` on the input grid ``[i, j, k]`` (uint8 0/1/2),
+    ``labels_working`` on the working frame ``[z, y, x]``, the crop, stage 1's result (None when
+    the box was given), the models that ran and the seconds per step."""
+
+    labels: np.ndarray
+    labels_working: np.ndarray
+    crop_box: Box
+    stage1: Stage1Result | None
+    models: tuple[str, ...]
+    timings: dict[str, float]
+
+
+def _silent(stage: str, model: str, fraction: float) -> None:
+    pass
+
+
+class Cascade:
+    """The two-stage cascade over one bundle on one device."""
+
+    def __init__(self, bundle: ModelBundle, options: InferenceOptions = InferenceOptions()):
+        self.bundle = bundle
+        self.options = options
+        self.settings = options.settings
+        self.device = pick_device(options.device)
+        self.amp_dtype = resolve_amp_dtype(options.amp, self.device)
+        members = options.members
+        unknown = set(members or ()) - set(STAGE2_ORDER)
+        if unknown:
+            raise ValueError(f"unknown ensemble members: {', '.join(sorted(unknown))}")
+        self.members = tuple(r for r in STAGE2_ORDER if r in bundle.networks and (members is None or r in members or r == "KT"))
+        self.timings: dict[str, float] = {}
+
+    # -- preparation -------------------------------------------------------------------------
+    def prepare(self, image: Image) -> PreparedCase:
+        """Resample ``image`` to the working frame (linear) and normalise its HU window."""
+        start = time.perf_counter()
+        frame = working_frame_for(image.array.shape, image.affine)
+        working = to_working_frame(image.array, frame, order=1)
+        normalized = normalize_hu(working, self.bundle.intensity)
+        self.timings["prepare"] = time.perf_counter() - start
+        return PreparedCase(image, frame, normalized)
+
+    # -- model runs --------------------------------------------------------------------------
+    def _run_3d(self, role: str, volume: np.ndarray, output: str, report: ProgressReport, stage: str,
+                cancel: CancelCallback | None) -> np.ndarray:
+        start = time.perf_counter()
+        entry = self.bundle.entries[role]
+        predictor = make_predictor(self.bundle.networks[role], self.device, self.amp_dtype, output)
+        result = sliding_window_predict(
+            volume, predictor, entry.patch_size, overlap=self.options.overlap, batch_size=self.options.batch_size,
+            device=self.device, progress=lambda done, total: report(stage, role, done / total), cancel=cancel,
+            out_dtype=np.float16 if output == "seg" else np.float32,
+        )
+        self.timings[role] = self.timings.get(role, 0.0) + time.perf_counter() - start
+        return result
+
+    def _run_2d(self, role: str, volume: np.ndarray, report: ProgressReport, cancel: CancelCallback | None) -> np.ndarray:
+        start = time.perf_counter()
+        entry = self.bundle.entries[role]
+        predictor = make_predictor(self.bundle.networks[role], self.device, self.amp_dtype, "seg")
+        result = predict_along_axis(
+            volume, predictor, ROLES[role].axis, batch_size=self.options.batch_size_2d, device=self.device,
+            divisor=required_divisor(entry.architecture, entry.params),
+            progress=lambda done, total: report("stage2", role, done / total), cancel=cancel, out_dtype=np.float16,
+        )
+        self.timings[role] = time.perf_counter() - start
+        return result[0]
+
+    def _kidney_probability(self, case: PreparedCase, box: Box, report: ProgressReport,
+                            cancel: CancelCallback | None) -> np.ndarray | None:
+        """Mean of K1 and K2 over ``box`` ``[z, y, x]``; cached so stage 2 can reuse it."""
+        roles = [r for r in KIDNEY_ROLES if r in self.members]
+        if not roles:
+            return None
+        for cached_box, probability in case.kidney_cache.items():
+            if cached_box.contains(box):
+                offset = [a - c for a, c in zip(box.start, cached_box.start)]
+                return probability[tuple(slice(o, o + s) for o, s in zip(offset, box.size))]
+        crop = case.normalized[box.slices]
+        probability = average_probabilities([self._run_3d(r, crop, "seg", report, "stage2", cancel)[0] for r in roles])
+        case.kidney_cache[box] = probability.astype(np.float16)
+        return case.kidney_cache[box]
+
+    # -- stage 1 -----------------------------------------------------------------------------
+    def locate(self, case: PreparedCase, progress: ProgressReport = _silent, cancel: CancelCallback | None = None) -> Stage1Result:
+        """Stage 1 with mixed cropping; the kidney models refine the box when the bundle has them."""
+        factor = self.settings.geometry.downsample_factor
+        down = downsample_mean(case.normalized, factor)
+        outputs = self._run_3d("stage1", down, "seg+reg", progress, "stage1", cancel)
+        refine = None
+        if self.settings.stage1.refine_with == "KT":
+            def refine(box: Box) -> np.ndarray:
+                return self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel)[0]
+        elif any(r in self.members for r in KIDNEY_ROLES):
+            def refine(box: Box) -> np.ndarray:
+                return self._kidney_probability(case, box, progress, cancel)
+        start = time.perf_counter()
+        result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings)
+        self.timings["mixed_cropping"] = time.perf_counter() - start  # includes the kidney models' runs
+        for decision in result.decisions:
+            logger.info("stage 1: %s", decision)
+        return result
+
+    # -- stage 2 -----------------------------------------------------------------------------
+    def segment_crop(self, case: PreparedCase, crop: Box, progress: ProgressReport = _silent,
+                     cancel: CancelCallback | None = None) -> np.ndarray:
+        """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8)."""
+        volume = case.normalized[crop.slices]
+        kt = self._run_3d("KT", volume, "seg", progress, "stage2", cancel)[0]
+        kidney = self._kidney_probability(case, crop, progress, cancel)
+        tumor = [self._run_3d(r, volume, "seg", progress, "stage2", cancel)[0] for r in TUMOR_3D_ROLES if r in self.members]
+        two_d = [self._run_2d(r, volume, progress, cancel) for r in TUMOR_2D_ROLES if r in self.members]
+        if two_d:
+            tumor.append(average_probabilities(two_d))
+        check_cancel(cancel)
+        start = time.perf_counter()
+        labels = clean_tumor(assign_labels(kt, kidney, tumor, self.settings), self.settings)
+        self.timings["fusion"] = time.perf_counter() - start
+        return labels
+
+    def segment(self, image: Image, crop: Box | None = None, progress: ProgressReport = _silent,
+                cancel: CancelCallback | None = None, case: PreparedCase | None = None) -> SegmentationResult:
+        """Run the cascade on ``image``; ``crop`` (working-frame box) skips stage 1."""
+        self.timings = {}
+        case = case or self.prepare(image)
+        stage1 = None
+        if crop is None:
+            stage1 = self.locate(case, progress, cancel)
+            crop = stage1.crop_box
+        check_cancel(cancel)
+        labels_crop = self.segment_crop(case, crop, progress, cancel)
+        start = time.perf_counter()
+        labels_working = np.zeros(case.normalized.shape, np.uint8)
+        labels_working[crop.slices] = labels_crop
+        labels = labels_to_source(labels_working, case.frame)
+        self.timings["to_input_grid"] = time.perf_counter() - start
+        ran = ("stage1",) * (stage1 is not None) + self.members
+        return SegmentationResult(labels, labels_working, crop, stage1, ran, dict(self.timings))
+

@@ -1,0 +1,155 @@
+"""The working frame (SPEC §0): resampling any input grid onto it and results back.
+
+The working frame is an axis-aligned grid with spacing ``WORKING_SPACING_ZYX`` and array axes
+pointing Inferior, Posterior, Left (``[z, y, x]``), covering the input's voxel centres. An input
+that is axis-aligned (any permutation or flip of the world axes: KiTS19's I,P,L, RAS, LPS, ...)
+is first reoriented with nibabel's orientation tools (a view, no copy) and resampled separably;
+an oblique input goes through a general affine resampling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel.orientations as nio
+import numpy as np
+from scipy import ndimage
+
+from .settings import WORKING_AXCODES, WORKING_SPACING_ZYX
+
+_AXIS_ALIGNED_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class WorkingFrame:
+    """A working-frame grid and the input grid it was made for.
+
+    ``shape``/``affine``: the working grid ``[z, y, x]`` and its voxel -> RAS affine.
+    ``source_shape``/``source_affine``: the input grid ``[i, j, k]`` as nibabel indexes it.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    source_affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Working voxel size ``(z, y, x)`` in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def working_to_source(self) -> np.ndarray:
+        """4 x 4 map from working voxel indices to input voxel indices."""
+        return np.linalg.inv(self.source_affine) @ self.affine
+
+    def source_to_working(self) -> np.ndarray:
+        """4 x 4 map from input voxel indices to working voxel indices."""
+        return np.linalg.inv(self.affine) @ self.source_affine
+
+
+def working_frame_for(
+    source_shape: tuple[int, ...],
+    source_affine: np.ndarray,
+    spacing_zyx: tuple[float, float, float] = WORKING_SPACING_ZYX,
+    axcodes: tuple[str, str, str] = WORKING_AXCODES,
+) -> WorkingFrame:
+    """The working grid that covers the voxel centres of an input grid ``[i, j, k]``.
+
+    Its first voxel sits at the input corner that is most (Superior, Anterior, Right) -- for a
+    KiTS19 I,P,L file that is the input's own first voxel -- and it holds every working voxel
+    centre inside the input's voxel-centre hull along each working axis.
+    """
+    directions = nio.inv_ornt_aff(nio.axcodes2ornt(axcodes), (1, 1, 1))[:3, :3]
+    # inv_ornt_aff maps an I,P,L index to RAS; its columns are the unit directions of z, y, x.
+    columns = np.stack([directions[:, a] * spacing_zyx[a] for a in range(3)], axis=1)
+    corners = _grid_corners(source_shape)
+    world = (source_affine @ corners.T)[:3]
+    along = np.linalg.inv(columns) @ world  # corners in working index units
+    low, high = along.min(axis=1), along.max(axis=1)
+    shape = tuple(int(np.floor(h - l + 1e-4)) + 1 for l, h in zip(low, high))
+    affine = np.eye(4)
+    affine[:3, :3] = columns
+    affine[:3, 3] = columns @ low
+    return WorkingFrame(shape, affine, tuple(int(s) for s in source_shape[:3]), np.asarray(source_affine, float))
+
+
+def _grid_corners(shape: tuple[int, ...]) -> np.ndarray:
+    """The 8 corner voxel centres of a grid as homogeneous index rows, shape [8, 4]."""
+    last = [s - 1 for s in shape[:3]]
+    return np.array([[i, j, k, 1.0] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])])
+
+
+def _reorientation(from_affine: np.ndarray, to_affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform from the axes of ``from_affine`` to those of ``to_affine``."""
+    return nio.ornt_transform(nio.io_orientation(from_affine), nio.io_orientation(to_affine))
+
+
+def _is_axis_aligned(affine: np.ndarray) -> bool:
+    """Whether each voxel axis of ``affine`` is parallel to one world axis."""
+    matrix = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.all((np.abs(matrix) < _AXIS_ALIGNED_TOLERANCE) | (np.abs(matrix) > 1 - _AXIS_ALIGNED_TOLERANCE)))
+
+
+def to_working_frame(array: np.ndarray, frame: WorkingFrame, order: int, dtype: np.dtype = np.float32) -> np.ndarray:
+    """Resample an input array ``[i, j, k]`` onto the working grid ``[z, y, x]``.
+
+    ``order`` 1 (linear) for CT, 0 (nearest) for labels. Axis-aligned inputs are reoriented
+    as a view and resampled with a diagonal (separable) transform; oblique ones generally.
+    """
+    if array.shape[:3] != frame.source_shape:
+        raise ValueError(f"array shape {array.shape} does not match the frame's input grid {frame.source_shape}")
+    output = np.empty(frame.shape, dtype=dtype)
+    if _is_axis_aligned(frame.source_affine):
+        transform = _reorientation(frame.source_affine, frame.affine)
+        reoriented = nio.apply_orientation(array, transform)
+        reoriented_affine = frame.source_affine @ nio.inv_ornt_aff(transform, array.shape)
+        mapping = np.linalg.inv(reoriented_affine) @ frame.affine
+        ndimage.affine_transform(
+            reoriented, np.diag(mapping)[:3], offset=mapping[:3, 3], output_shape=frame.shape,
+            output=output, order=order, mode="nearest", prefilter=False,
+        )
+    else:
+        mapping = frame.working_to_source()
+        ndimage.affine_transform(
+            array, mapping[:3, :3], offset=mapping[:3, 3], output_shape=frame.shape,
+            output=output, order=order, mode="nearest", prefilter=False,
+        )
+    return output
+
+
+def labels_to_source(labels_zyx: np.ndarray, frame: WorkingFrame) -> np.ndarray:
+    """Nearest-neighbour resampling of a working-frame label map back onto the input grid ``[i, j, k]``.
+
+    Axis-aligned inputs use per-axis index look-ups (exact nearest neighbour, no interpolation
+    kernel over the whole volume); oblique ones a general order-0 affine resampling.
+    """
+    if labels_zyx.shape != frame.shape:
+        raise ValueError(f"labels shape {labels_zyx.shape} does not match the working frame {frame.shape}")
+    if not _is_axis_aligned(frame.source_affine):
+        mapping = frame.source_to_working()
+        return ndimage.affine_transform(
+            labels_zyx, mapping[:3, :3], offset=mapping[:3, 3], output_shape=frame.source_shape,
+            order=0, mode="nearest", prefilter=False,
+        )
+    transform = _reorientation(frame.source_affine, frame.affine)
+    reoriented_shape = tuple(int(s) for s in nio.apply_orientation(np.empty(frame.source_shape, bool), transform).shape)
+    reoriented_affine = frame.source_affine @ nio.inv_ornt_aff(transform, frame.source_shape)
+    mapping = np.linalg.inv(frame.affine) @ reoriented_affine  # reoriented index -> working index (diagonal)
+    index = [
+        np.clip(np.floor(np.arange(n) * mapping[a, a] + mapping[a, 3] + 0.5), 0, frame.shape[a] - 1).astype(np.intp)
+        for a, n in enumerate(reoriented_shape)
+    ]
+    reoriented = labels_zyx[np.ix_(*index)]
+    back = _reorientation(frame.affine, frame.source_affine)
+    return np.ascontiguousarray(nio.apply_orientation(reoriented, back))
+
+
+def world_to_index(points_ras: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """RAS points ``[N, 3]`` (mm) to continuous voxel indices ``[N, 3]`` of the grid of ``affine``."""
+    points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    return (np.linalg.inv(affine) @ np.c_[points, np.ones(len(points))].T)[:3].T
+
+
+def index_to_world(indices: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxel indices ``[N, 3]`` of the grid of ``affine`` to RAS points ``[N, 3]`` (mm)."""
+    indices = np.asarray(indices, dtype=np.float64).reshape(-1, 3)
+    return (affine @ np.c_[indices, np.ones(len(indices))].T)[:3].T

@@ -1,0 +1,192 @@
+"""Reading images and writing label maps (NIfTI through nibabel, NRRD through pynrrd).
+
+An :class:`Image` holds the voxel array exactly as nibabel indexes the file (``[i, j, k]``) and
+the 4 x 4 voxel-to-RAS affine (NIfTI convention, identical to Slicer's IJKToRAS).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+# NRRD spaces -> sign flips that turn their world axes into RAS.
+_NRRD_SPACE_TO_RAS = {
+    "right-anterior-superior": np.array([1.0, 1.0, 1.0]),
+    "RAS": np.array([1.0, 1.0, 1.0]),
+    "left-posterior-superior": np.array([-1.0, -1.0, 1.0]),
+    "LPS": np.array([-1.0, -1.0, 1.0]),
+    "left-anterior-superior": np.array([-1.0, 1.0, 1.0]),
+    "LAS": np.array([-1.0, 1.0, 1.0]),
+}
+
+
+class ImageReadError(ValueError):
+    """An input file is missing, unreadable or not a 3D image; the message is one line for users."""
+
+
+class OutputExistsError(FileExistsError):
+    """An output exists and overwriting was not asked for."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 3D image: ``array`` indexed ``[i, j, k]`` as nibabel reads it, ``affine`` voxel -> RAS mm."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along i, j, k in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The format suffix of ``path`` ('.nii.gz', '.nii', '.nrrd', '.nhdr'), or '' if unknown."""
+    name = Path(path).name.lower()
+    for suffix in NIFTI_SUFFIXES + NRRD_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def read_image(path: str | os.PathLike, dtype: np.dtype | None = None) -> Image:
+    """Read a 3D NIfTI or NRRD image.
+
+    Integer data without intensity scaling keeps its on-disk type (a 1059-slice int16 CT stays
+    555 MB); scaled or floating data is returned as float32. Pass ``dtype`` to force one.
+    Raises :class:`ImageReadError` with a one-line message for anything that is not a 3D image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    suffix = image_suffix(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            image = _read_nifti(path, dtype)
+        elif suffix in NRRD_SUFFIXES:
+            image = _read_nrrd(path, dtype)
+        else:
+            raise ImageReadError(f"{path}: unsupported file type (expected .nii.gz, .nii or .nrrd)")
+    except ImageReadError:
+        raise
+    except Exception as error:  # nibabel / gzip / pynrrd raise many kinds
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageReadError(f"{path}: cannot read image ({reason})") from error
+    return _checked_3d(image, path)
+
+
+def _read_nifti(path: Path, dtype: np.dtype | None) -> Image:
+    img = nib.load(str(path))
+    proxy = img.dataobj
+    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    unscaled = slope in (1.0, None) and inter in (0.0, None)
+    if dtype is not None:
+        array = np.asarray(proxy, dtype=dtype)
+    elif unscaled and np.issubdtype(img.get_data_dtype(), np.integer):
+        array = np.asarray(proxy)
+    else:
+        array = np.asarray(proxy, dtype=np.float32)
+    return Image(array=array, affine=np.asarray(img.affine, dtype=np.float64))
+
+
+def _read_nrrd(path: Path, dtype: np.dtype | None) -> Image:
+    try:
+        import nrrd
+    except ImportError as error:
+        raise ImageReadError(f"{path}: reading NRRD needs the 'pynrrd' package (pip install pynrrd)") from error
+    array, header = nrrd.read(str(path), index_order="F")
+    space = header.get("space", "left-posterior-superior")
+    if space not in _NRRD_SPACE_TO_RAS:
+        raise ImageReadError(f"{path}: unsupported NRRD space '{space}'")
+    directions = np.asarray(header.get("space directions"), dtype=np.float64)
+    origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
+    if array.ndim == 4 and array.shape[3] == 1 and directions.shape == (4, 3) and np.all(np.isnan(directions[3])):
+        array, directions = array[..., 0], directions[:3]  # trailing singleton axis without a direction ("none")
+    if directions.shape != (3, 3):
+        raise ImageReadError(f"{path}: NRRD image is not a 3D volume with space directions")
+    flip = _NRRD_SPACE_TO_RAS[space]
+    affine = np.eye(4)
+    affine[:3, :3] = (directions * flip).T  # NRRD rows are per-axis vectors
+    affine[:3, 3] = origin * flip
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return Image(array=np.ascontiguousarray(array), affine=affine)
+
+
+def _checked_3d(image: Image, path: Path) -> Image:
+    """``image`` with a trailing singleton 4th axis dropped; refuses anything not 3D."""
+    array = image.array
+    if array.ndim == 4 and array.shape[3] == 1:
+        image = Image(array=array[..., 0], affine=image.affine)
+        array = image.array
+    if array.ndim != 3:
+        raise ImageReadError(f"{path}: expected a 3D image, got {array.ndim} dimensions {tuple(array.shape)}")
+    if not np.all(np.isfinite(image.affine)) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-9:
+        raise ImageReadError(f"{path}: the image's voxel-to-world transform is invalid")
+    return image
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    An interrupted or failed write leaves nothing behind. Refuses an existing ``path`` unless
+    ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise OSError(f"{path.parent}: output folder does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{path.parent}: output folder is not writable")
+    suffix = image_suffix(path) or path.suffix
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False) -> Path:
+    """Write a uint8 label map ``[i, j, k]`` with ``affine`` as NIfTI or NRRD, atomically."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    labels = np.asarray(labels, dtype=np.uint8)
+    with atomic_output(path, overwrite) as temporary:
+        if suffix in NIFTI_SUFFIXES:
+            image = nib.Nifti1Image(labels, affine)
+            image.header.set_xyzt_units("mm")
+            image.set_qform(affine, code=1)
+            image.set_sform(affine, code=1)
+            nib.save(image, str(temporary))
+        elif suffix in NRRD_SUFFIXES:
+            _write_nrrd(temporary, labels, affine)
+        else:
+            raise ValueError(f"{path}: unsupported output type (use .nii.gz, .nii or .nrrd)")
+    return path
+
+
+def _write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import nrrd
+
+    flip = _NRRD_SPACE_TO_RAS["left-posterior-superior"]
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": (affine[:3, :3].T * flip),
+        "space origin": affine[:3, 3] * flip,
+        "encoding": "gzip",
+    }
+    nrrd.write(str(path), array, header, index_order="F")

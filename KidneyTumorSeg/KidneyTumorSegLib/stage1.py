@@ -1,0 +1,160 @@
+"""Stage 1: kidney localisation on the ×4 grid and the mixed cropping of SPEC §1.
+
+Every rule is a pure function of arrays so each can be tested alone; :func:`choose_crop`
+strings them together. Boxes are in working-frame voxels ``[z, y, x]``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .boxes import Box
+from .settings import DEFAULT_SETTINGS, MethodSettings
+from .targets import landmark_peaks
+
+LANDMARK_NAMES = ("left", "top", "right", "bottom", "center")
+
+KidneyProbability = Callable[[Box], np.ndarray]
+"""``kidney_probability(box) -> [z, y, x]`` float probability of kidney over ``box`` (stage-2 K)."""
+
+
+class NoKidneyFound(RuntimeError):
+    """Stage 1 found neither a kidney region nor landmarks."""
+
+
+@dataclass(frozen=True)
+class Landmark:
+    """A landmark read from stage 1's heat-maps: ``name`` and working-frame position ``[z, y, x]`` (block centre)."""
+
+    name: str
+    zyx: tuple[float, float, float]
+    value: float
+
+
+@dataclass(frozen=True)
+class Stage1Result:
+    """Everything stage 1 decides; all boxes in working-frame voxels ``[z, y, x]``.
+
+    ``segmentation_box``/``landmark_box``: from the thresholded foreground / from the landmarks
+    (None when empty). ``chosen_box``: after the width rule. ``refined_box``: the stage-2 kidney
+    box when the half-size rule took it, else None. ``crop_box``: the final stage-2 crop (margin
+    added, clipped). ``decisions``: one sentence per rule, for reports.
+    """
+
+    segmentation_box: Box | None
+    landmark_box: Box | None
+    chosen_box: Box
+    refined_box: Box | None
+    crop_box: Box
+    landmarks: tuple[Landmark, ...]
+    decisions: tuple[str, ...] = field(default=())
+
+
+def segmentation_box(probability_down: np.ndarray, working_shape: tuple[int, ...], settings: MethodSettings = DEFAULT_SETTINGS) -> Box | None:
+    """Box of the foreground ``p >= 0.5`` on the ×4 grid ``[z, y, x]``, scaled back to the working frame."""
+    box = Box.from_mask(probability_down >= settings.geometry.probability_threshold)
+    return None if box is None else box.scaled_up(settings.geometry.downsample_factor, working_shape)
+
+
+def landmarks_from_heatmaps(heatmaps_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> tuple[Landmark, ...]:
+    """Landmark peaks of heat-maps ``[5, z, y, x]`` (×4 grid) as working-frame points at block centres."""
+    factor = settings.geometry.downsample_factor
+    centre = (factor - 1) / 2.0
+    return tuple(
+        Landmark(LANDMARK_NAMES[c], (z * factor + centre, y * factor + centre, x * factor + centre), float(heatmaps_down[c, z, y, x]))
+        for c, z, y, x in landmark_peaks(heatmaps_down, settings)
+    )
+
+
+def landmark_box(heatmaps_down: np.ndarray, working_shape: tuple[int, ...], settings: MethodSettings = DEFAULT_SETTINGS) -> Box | None:
+    """Extent of all landmark peaks (×4 grid), scaled back to the working frame; None without peaks."""
+    points = [(z, y, x) for _, z, y, x in landmark_peaks(heatmaps_down, settings)]
+    box = Box.from_points(np.array(points, dtype=int))
+    return None if box is None else box.scaled_up(settings.geometry.downsample_factor, working_shape)
+
+
+def widths_about_the_same(segmentation: Box, landmarks: Box, settings: MethodSettings = DEFAULT_SETTINGS) -> bool:
+    """SPEC §1 step 1: ``|w_seg − w_lm| ≤ tolerance · w_lm`` on the transverse (x) widths."""
+    return abs(segmentation.width - landmarks.width) <= settings.stage1.width_tolerance * landmarks.width
+
+
+def choose_by_width(segmentation: Box | None, landmarks: Box | None, settings: MethodSettings = DEFAULT_SETTINGS) -> tuple[Box, str]:
+    """Under-prediction rule: the segmentation box when the widths agree, else the landmark box."""
+    if segmentation is None and landmarks is None:
+        raise NoKidneyFound("stage 1 found no kidney; draw a crop box by hand or run stage 2 on the whole volume (--box full)")
+    if landmarks is None:
+        return segmentation, "no landmarks: segmentation box used"
+    if segmentation is None:
+        return landmarks, "no foreground: landmark box used"
+    if widths_about_the_same(segmentation, landmarks, settings):
+        return segmentation, f"widths agree (seg {segmentation.width}, landmarks {landmarks.width} voxels): segmentation box used"
+    return landmarks, f"widths differ (seg {segmentation.width}, landmarks {landmarks.width} voxels): landmark box used"
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Keep the 26-connected components of ``mask`` with at least ``min_voxels`` voxels (bool, same shape)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return np.zeros(mask.shape, bool)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def refined_kidney_box(kidney_probability: np.ndarray, region: Box, settings: MethodSettings = DEFAULT_SETTINGS) -> Box | None:
+    """Box of the stage-2 kidney prediction over ``region`` (``[z, y, x]`` probabilities) after
+    removing components < 1500 voxels, in working-frame coordinates; None when nothing is left."""
+    mask = remove_small_components(kidney_probability >= settings.geometry.probability_threshold,
+                                   settings.stage1.refine_min_component_voxels)
+    box = Box.from_mask(mask)
+    if box is None:
+        return None
+    offset = region.start
+    return Box(tuple(a + o for a, o in zip(box.start, offset)), tuple(b + o for b, o in zip(box.stop, offset)))
+
+
+def accept_refinement(refined: Box | None, previous: Box, settings: MethodSettings = DEFAULT_SETTINGS) -> bool:
+    """Over-prediction rule: take the refined box when its volume is below half the previous box's."""
+    return refined is not None and refined.volume < settings.stage1.refine_max_volume_ratio * previous.volume
+
+
+def stage2_crop(box: Box, working_shape: tuple[int, ...], settings: MethodSettings = DEFAULT_SETTINGS) -> Box:
+    """The stage-2 crop: ``box`` grown by the kidney margin (8 / 64 / 64 per side) and clipped."""
+    return box.expanded(settings.crop.kidney_margin_zyx).clipped(working_shape)
+
+
+def choose_crop(
+    probability_down: np.ndarray,
+    heatmaps_down: np.ndarray,
+    working_shape: tuple[int, ...],
+    kidney_probability: KidneyProbability | None,
+    settings: MethodSettings = DEFAULT_SETTINGS,
+) -> Stage1Result:
+    """Mixed cropping (SPEC §1) from stage 1's outputs on the ×4 grid.
+
+    ``probability_down`` is the foreground probability ``[z, y, x]``, ``heatmaps_down`` the
+    5 landmark channels ``[5, z, y, x]``. ``kidney_probability`` runs the stage-2 kidney models
+    over a working-frame box (None, or ``settings.stage1.refine_enabled`` False, skips the
+    over-prediction rule). The kidney models see the chosen box grown by the stage-2 margin, the
+    context they were trained with.
+    """
+    seg_box = segmentation_box(probability_down, working_shape, settings)
+    lm_box = landmark_box(heatmaps_down, working_shape, settings)
+    chosen, width_decision = choose_by_width(seg_box, lm_box, settings)
+    decisions = [width_decision]
+    refined = None
+    if kidney_probability is not None and settings.stage1.refine_enabled:
+        region = stage2_crop(chosen, working_shape, settings)
+        candidate = refined_kidney_box(kidney_probability(region), region, settings)
+        if accept_refinement(candidate, chosen, settings):
+            refined = candidate
+            decisions.append(f"kidney box {candidate.volume} < half of {chosen.volume} voxels: refined box used")
+        else:
+            size = "none" if candidate is None else f"{candidate.volume}"
+            decisions.append(f"kidney box {size} not below half of {chosen.volume} voxels: kept")
+    crop = stage2_crop(refined or chosen, working_shape, settings)
+    return Stage1Result(seg_box, lm_box, chosen, refined, crop, landmarks_from_heatmaps(heatmaps_down, settings), tuple(decisions))

@@ -1,0 +1,50 @@
+"""Checks that an input image is a CT the cascade can work on (one-line reasons when it is not)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .imageio import Image
+
+
+class InputError(ValueError):
+    """The input image cannot be segmented; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """Thresholds of the input checks. ``min_extent_mm``: smallest physical extent per axis;
+    ``air_hu``/``min_air_fraction``: a CT of the abdomen holds air (outside the body, in the
+    bowel) below -900 HU in at least this fraction of voxels; ``max_hu``: above any CT value."""
+
+    min_extent_mm: float = 30.0
+    air_hu: float = -900.0
+    min_air_fraction: float = 0.001
+    max_hu: float = 5000.0
+
+
+def check_ct(image: Image, force: bool = False, checks: InputChecks = InputChecks()) -> None:
+    """Raise :class:`InputError` for an image that is not a usable CT ``[i, j, k]``.
+
+    Always refused: non-finite voxels, a constant volume, a volume smaller than
+    ``min_extent_mm`` on an axis. Refused unless ``force``: intensities that do not look like
+    Hounsfield units (no air, or values far beyond the CT range, as in MR).
+    """
+    array = image.array
+    extent = np.array(array.shape) * np.array(image.spacing)
+    if np.any(extent < checks.min_extent_mm):
+        raise InputError(f"image too small: {tuple(array.shape)} voxels = {np.round(extent, 1).tolist()} mm (need ≥ {checks.min_extent_mm:g} mm per axis)")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError("image holds NaN or infinite voxels")
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise InputError(f"image is constant ({low:g} everywhere)")
+    if force:
+        return
+    air = np.count_nonzero(array <= checks.air_hu) / array.size
+    if air < checks.min_air_fraction or high > checks.max_hu:
+        raise InputError(
+            f"image does not look like CT in Hounsfield units (range {low:g}..{high:g}, {100 * air:.2f} % below "
+            f"{checks.air_hu:g} HU); use --force to segment it anyway"
+        )
