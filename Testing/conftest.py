@@ -25,9 +25,9 @@ _CROP_MARGIN_VOXELS = 6
 def crop_nifti(image: nib.Nifti1Image, margin: int = _CROP_MARGIN_VOXELS) -> nib.Nifti1Image:
     """``image`` cropped to the box of its non-zero voxels plus ``margin`` voxels, affine shifted to match."""
     array = np.asarray(image.dataobj)
-    hits = np.nonzero(array)
-    start = [max(0, int(h.min()) - margin) for h in hits]
-    stop = [min(n, int(h.max()) + 1 + margin) for h, n in zip(hits, array.shape)]
+    hits = [np.flatnonzero(np.any(array, axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    start = [max(0, int(h[0]) - margin) for h in hits]
+    stop = [min(n, int(h[-1]) + 1 + margin) for h, n in zip(hits, array.shape)]
     affine = image.affine.copy()
     affine[:3, 3] = (image.affine @ np.r_[start, 1.0])[:3]
     crop = np.ascontiguousarray(array[tuple(slice(a, b) for a, b in zip(start, stop))])

@@ -28,8 +28,8 @@ SPACING = np.array(WORKING_SPACING_ZYX)
 # A KiTS19 header: axes I,P,L, 0.5 mm slices, 0.92 mm pixels, origin 0 (case_00000).
 KITS_SHAPE = (611, 512, 512)
 KITS_AFFINE = np.array([[0, 0, -0.91992188, 0], [0, -0.91992188, 0, 0], [-0.5, 0, 0, 0], [0, 0, 0, 1]])
-# Floors a little under what the real masks measure (minimum over all 100 cases: kidney 0.970,
-# tumor 0.908 over tumors > 1000 voxels; thin-slice crops: kidney 0.973, tumor 0.931).
+# Floors a little under what the real masks measure (minimum over the 100 shared cases: kidney
+# 0.970 (case_00068), tumor 0.915 (case_00001) over the 96 tumors > 1000 voxels).
 KIDNEY_DICE_FLOOR = 0.95
 TUMOR_DICE_FLOOR = 0.88
 LARGE_TUMOR_VOXELS = 1000
@@ -172,9 +172,12 @@ def test_real_ras_ct_is_resampled_to_an_ipl_frame(example_ct_path: Path) -> None
     # The first working voxel is the most right, anterior, superior input voxel; working slice z is
     # input slice S = 29 - z (both 3 mm), so the corner column is the input's, reversed.
     np.testing.assert_array_equal(working[:, 0, 0], image.array[-1, -1, ::-1])
-    # The HU range survives linear resampling; the mean changes little.
     assert image.array.min() <= working.min() and working.max() <= image.array.max()
-    assert abs(float(working.mean()) - float(image.array.mean())) < 5.0
+    # The separable fast path equals a general (non-separable) linear resampling.
+    mapping = frame.working_to_source()
+    general = ndimage.affine_transform(image.array.astype(np.float32), mapping[:3, :3], mapping[:3, 3],
+                                       output_shape=frame.shape, order=1, mode="nearest")
+    np.testing.assert_allclose(working, general, atol=0.05)
 
 
 def test_oblique_input_keeps_world_positions(thin_slice_mask: nib.Nifti1Image) -> None:
@@ -183,7 +186,7 @@ def test_oblique_input_keeps_world_positions(thin_slice_mask: nib.Nifti1Image) -
     frame = working_frame_for(labels.shape, oblique)
     assert nib.aff2axcodes(frame.affine) == ("I", "P", "L")
     assert frame.spacing == pytest.approx(WORKING_SPACING_ZYX)
-    np.testing.assert_allclose(np.abs(frame.affine[:3, :3]) > 0, np.abs(KITS_AFFINE[:3, :3]) > 0)  # axis-aligned
+    np.testing.assert_array_equal(frame.affine[:3, :3] != 0, KITS_AFFINE[:3, :3] != 0)  # axis-aligned, I,P,L
     working = to_working_frame(labels, frame, order=0, dtype=np.uint8)
     for label in (1, 2):
         source_centroid = index_to_world(np.argwhere(labels == label).mean(axis=0), oblique)
@@ -239,7 +242,7 @@ def test_linear_ramp_is_resampled_exactly(degrees: float) -> None:
     source = (frame.working_to_source() @ np.r_[grid, np.ones((1, grid.shape[1]))])[:3]
     expected = (-300 + 40.0 * source[0] - 7.0 * source[1] + 3.0 * source[2]).reshape(frame.shape)
     inside = (centre_hull_excess(frame).max(axis=1) < 1e-9).reshape(frame.shape)
-    assert inside.all() if degrees == 0 else inside.mean() > 0.5
+    assert inside.all() if degrees == 0 else inside.sum() > 500
     np.testing.assert_allclose(working[inside], expected[inside], atol=2e-3)
 
 
@@ -277,7 +280,7 @@ def test_796_pixel_wide_grid_keeps_y_and_x_apart() -> None:
     affine = KITS_AFFINE.copy()
     affine[2, 0] = -5.0  # 5 mm slices
     frame = working_frame_for(shape, affine)
-    assert frame.shape == expected_working_shape(shape, (5.0, 0.91992188, 0.91992188)) == (14, 602, 937)
+    assert frame.shape == expected_working_shape(shape, (5.0, 0.91992188, 0.91992188)) == (12, 602, 936)
     labels = np.zeros(shape, np.uint8)
     labels[2:6, 40:80, 700:790] = 1  # a block near the far end of x only
     working = to_working_frame(labels, frame, order=0, dtype=np.uint8)

@@ -45,9 +45,20 @@ class Layout:
         """Voxel-mm ``(z, y, x)`` to body frame ``(Z, Y, X)``."""
         return tuple(p - o for p, o in zip(point_mm, self.origin_mm))
 
+    def side(self, side: str) -> tuple[tuple[float, float, float], float, float]:
+        """Body-frame centre ``(Z, Y, X)``, top Z and bottom Z of the kidney on ``side``
+        ("right" or "left"); a missing kidney is the other one mirrored about the midline."""
+        kidney = self.kidney(side)
+        mirrored = kidney is None
+        kidney = kidney or self.kidneys[0]
+        z, y, x = self.to_body(kidney.centre_mm)
+        top, bottom = kidney.low_mm[0] - self.origin_mm[0], kidney.high_mm[0] - self.origin_mm[0]
+        return (z, y, -x if mirrored else x), top, bottom
 
-def _kidney_components(labels: np.ndarray, spacing: tuple[float, float, float]) -> tuple[list, tuple]:
-    """Connected label components on a ~2 mm sub-grid, largest first, and the sub-grid steps."""
+
+def _kidney_components(labels: np.ndarray, spacing: tuple[float, float, float]) -> list[tuple]:
+    """(centre, low, high) in voxel-mm of the (up to) two largest label components, largest first;
+    the centre is that of the kidney label when it makes up > 20 % of the component."""
     steps = tuple(max(1, int(round(SAMPLING_MM / s))) for s in spacing)
     small = labels[:: steps[0], :: steps[1], :: steps[2]]
     components, n = ndimage.label(small > 0, structure=np.ones((3, 3, 3)))
@@ -68,7 +79,7 @@ def _kidney_components(labels: np.ndarray, spacing: tuple[float, float, float]) 
                 tuple(float(v.max() * m) for v, m in zip(voxels, mm)),
             )
         )
-    return parts, steps
+    return parts
 
 
 def kidney_layout(
@@ -80,7 +91,7 @@ def kidney_layout(
     the image it lies in, the midline 65-85 mm medial to it.
     """
     spacing = tuple(float(s) for s in spacing)
-    parts, _ = _kidney_components(labels, spacing)
+    parts = _kidney_components(labels, spacing)
     image_centre_x = labels.shape[2] * spacing[2] / 2.0
     if len(parts) == 2:
         parts.sort(key=lambda part: part[0][2])

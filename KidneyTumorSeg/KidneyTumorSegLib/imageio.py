@@ -149,7 +149,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         raise OSError(f"{path.parent}: output folder does not exist")
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"{path.parent}: output folder is not writable")
-    suffix = image_suffix(path) or path.suffix
+    suffix = ".seg.nrrd" if path.name.lower().endswith(".seg.nrrd") else image_suffix(path) or path.suffix
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)

@@ -1,0 +1,1 @@
+"""The `kidneytumorseg` command line: thin adapters over the engine."""

@@ -1,0 +1,54 @@
+"""Entry point of `kidneytumorseg`: segment, locate, batch, evaluate, demo.
+
+Every failure a user can cause ends with one line on stderr and a non-zero exit code;
+``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from .batch import add_batch_parser
+from .demo import add_demo_parser
+from .evaluate import add_evaluate_parser
+from .segment import add_locate_parser, add_segment_parser
+
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kidneytumorseg", description="Kidney and kidney-tumor segmentation in abdominal CT (KiTS19 cascaded fusion FCNs).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_segment_parser(commands)
+    add_locate_parser(commands)
+    add_batch_parser(commands)
+    add_evaluate_parser(commands)
+    add_demo_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("kidneytumorseg: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if args.debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"kidneytumorseg: error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""`segment` and `locate`: one image through the cascade, outputs written atomically."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from ..boxes import Box
+from ..bundle import ModelBundle, default_bundle_path, load_bundle
+from ..cascade import STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
+from ..imageio import Image, OutputExistsError, atomic_output, image_suffix, read_image, write_label_map
+from ..measurements import measure
+from ..report import box_from_json, box_json, stage1_json
+from ..settings import DEFAULT_SETTINGS, MethodSettings
+from ..validation import check_ct
+from .display import MODES, ProgressDisplay
+
+logger = logging.getLogger(__name__)
+
+LABEL_OUTPUTS = (".nii.gz", ".nii", ".nrrd")
+SEGMENTATION_OUTPUT = ".seg.nrrd"
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs models."""
+    parser.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default: the shipped demo bundle)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    parser.add_argument("--members", default=None, help="comma-separated stage-2 models to use, e.g. KT,K1,T-vnet (default: all in the bundle)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=2, help="3D patches per batch (default 2)")
+    parser.add_argument("--min-tumor-pixels", type=int, default=DEFAULT_SETTINGS.fusion.min_tumor_component_pixels,
+                        help="keep per-slice tumor components larger than this (default 64)")
+    parser.add_argument("--strict", action="store_true", help="strict consensus: KT-only voxels become background, not kidney")
+    parser.add_argument("--force", action="store_true", help="segment even if the image does not look like CT")
+    parser.add_argument("--progress", choices=MODES, default="bar", help="bar (terminal), json (lines on stdout) or none")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def add_segment_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("segment", help="segment kidneys and tumors in a CT", description="Segment kidneys and kidney tumors in one CT image.")
+    parser.add_argument("image", type=Path, help="CT image (.nii.gz, .nii or .nrrd)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="label map (.nii.gz/.nii/.nrrd: 0/1/2 on the input grid) or Slicer segmentation (.seg.nrrd)")
+    parser.add_argument("--box", default=None, help="boxes.json from `locate` (its crop box), or 'full' to skip stage 1")
+    parser.add_argument("--report", type=Path, default=None, help="write a JSON report (boxes, timings, volumes, tumor sizes)")
+    parser.add_argument("--qa", type=Path, default=None, help="write a QA picture (PNG) of boxes, landmarks and result")
+    add_model_options(parser)
+    parser.set_defaults(handler=run_segment)
+
+
+def add_locate_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("locate", help="run stage 1 only: boxes and landmarks", description="Run stage 1 (localisation and mixed cropping) and write the boxes as JSON.")
+    parser.add_argument("image", type=Path, help="CT image (.nii.gz, .nii or .nrrd)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="boxes JSON")
+    parser.add_argument("--qa", type=Path, default=None, help="write a QA picture (PNG) of the boxes and landmarks")
+    add_model_options(parser)
+    parser.set_defaults(handler=run_locate)
+
+
+def method_settings(args: argparse.Namespace) -> MethodSettings:
+    """The method settings the command-line options select."""
+    fusion = dataclasses.replace(DEFAULT_SETTINGS.fusion, min_tumor_component_pixels=args.min_tumor_pixels,
+                                 kt_only_label=0 if args.strict else DEFAULT_SETTINGS.fusion.kt_only_label)
+    return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion)
+
+
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """Inference options from the command line; validates the numbers."""
+    if not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    members = tuple(m.strip() for m in args.members.split(",") if m.strip()) if args.members else None
+    return InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size, members=members,
+                            settings=method_settings(args))
+
+
+def open_bundle(args: argparse.Namespace) -> ModelBundle:
+    """The bundle named by ``--bundle`` or the shipped default."""
+    bundle = load_bundle(args.bundle or default_bundle_path())
+    if bundle.is_demo:
+        logger.warning("bundle '%s' is a demo bundle trained on synthetic phantoms: not for clinical use", bundle.manifest.get("name", bundle.path.name))
+    return bundle
+
+
+def refuse_existing(paths: list[Path | None], overwrite: bool) -> None:
+    """Fail before any work when an output exists and ``--overwrite`` was not given."""
+    for path in paths:
+        if path is not None and path.exists() and not overwrite:
+            raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
+        if path is not None and not path.parent.is_dir():
+            raise OSError(f"{path.parent}: output folder does not exist")
+
+
+def plan(cascade: Cascade, with_stage1: bool) -> list[str]:
+    """The models a run reports progress for, in order."""
+    return ["stage1"] * with_stage1 + [r for r in STAGE2_ORDER if r in cascade.members]
+
+
+def read_checked_image(args: argparse.Namespace) -> Image:
+    image = read_image(args.image)
+    check_ct(image, force=args.force)
+    return image
+
+
+def crop_from_option(option: str | None, case: PreparedCase) -> Box | None:
+    """``--box``: None (run stage 1), 'full' (whole working frame) or a boxes JSON file."""
+    if option is None:
+        return None
+    if option == "full":
+        return Box.full(case.frame.shape)
+    path = Path(option)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: box file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: box file is not valid JSON ({error})") from None
+    return box_from_json(data, case.frame)
+
+
+def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float) -> dict[str, Any]:
+    """The JSON report of one segmentation."""
+    report: dict[str, Any] = {
+        "input": str(case.image.array.shape),
+        "bundle": {"name": bundle.manifest.get("name"), "path": str(bundle.path), "demo": bundle.is_demo,
+                   "missing_roles": list(bundle.missing_roles())},
+        "models": list(result.models),
+        "crop": box_json(result.crop_box, case.frame),
+        "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
+        "measurements": measure(result.labels, case.image.affine),
+        "seconds": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    return report
+
+
+def write_outputs(result: SegmentationResult, case: PreparedCase, args: argparse.Namespace, report: dict | None) -> None:
+    """Write label map / segmentation, report and QA picture: all or nothing."""
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(atomic_output(args.output, args.overwrite))
+        write_result(output, result.labels, case.image.affine, args.output)
+        if report is not None and args.report is not None:
+            report_path = stack.enter_context(atomic_output(args.report, args.overwrite))
+            report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if args.qa is not None:
+            from ..qa import save_qa_png
+
+            qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
+            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing)
+
+
+def write_result(temporary: Path, labels, affine, destination: Path) -> None:
+    """Write labels ``[i, j, k]`` to ``temporary`` in the format ``destination``'s name asks for."""
+    if destination.name.lower().endswith(SEGMENTATION_OUTPUT):
+        try:
+            from ..mrml.segmentation_file import write_segmentation_file
+        except ImportError as error:
+            raise RuntimeError("writing .seg.nrrd needs slicer-core (pip install 'kidneytumorseg[mrml]')") from error
+        write_segmentation_file(labels, affine, temporary, overwrite=True)
+    elif image_suffix(destination) in LABEL_OUTPUTS:
+        write_label_map(temporary, labels, affine, overwrite=True)
+    else:
+        raise ValueError(f"{destination}: output must end with .nii.gz, .nii, .nrrd or .seg.nrrd")
+
+
+def check_output_name(path: Path) -> None:
+    if not (path.name.lower().endswith(SEGMENTATION_OUTPUT) or image_suffix(path) in LABEL_OUTPUTS):
+        raise ValueError(f"{path}: output must end with .nii.gz, .nii, .nrrd or .seg.nrrd")
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    check_output_name(args.output)
+    refuse_existing([args.output, args.report, args.qa], args.overwrite)
+    image = read_checked_image(args)
+    bundle = open_bundle(args)
+    cascade = Cascade(bundle, inference_options(args))
+    case = cascade.prepare(image)
+    crop = crop_from_option(args.box, case)
+    with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
+        result = cascade.segment(image, crop, display, case=case)
+        report = segmentation_report(result, case, bundle, time.perf_counter() - start)
+        write_outputs(result, case, args, report)
+        display.done(output=str(args.output))
+    logger.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
+    return 0
+
+
+def run_locate(args: argparse.Namespace) -> int:
+    refuse_existing([args.output, args.qa], args.overwrite)
+    image = read_checked_image(args)
+    bundle = open_bundle(args)
+    cascade = Cascade(bundle, inference_options(args))
+    case = cascade.prepare(image)
+    refiners = [r for r in ("K1", "K2") if r in cascade.members]
+    with ProgressDisplay(args.progress, ["stage1", *refiners], "locate") as display:
+        stage1 = cascade.locate(case, display)
+        with contextlib.ExitStack() as stack:
+            output = stack.enter_context(atomic_output(args.output, args.overwrite))
+            output.write_text(json.dumps(stage1_json(stage1, case.frame), indent=2) + "\n", encoding="utf-8")
+            if args.qa is not None:
+                import numpy as np
+
+                from ..qa import save_qa_png
+
+                qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
+                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame.spacing)
+        display.done(output=str(args.output))
+    return 0

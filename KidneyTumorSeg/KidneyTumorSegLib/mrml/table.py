@@ -1,0 +1,57 @@
+"""The clinical measurements of a result as a table node: one row per quantity, per side and total."""
+from __future__ import annotations
+
+from typing import Any
+
+import vtk
+
+TABLE_NODE = "vtkMRMLTableNode"
+COLUMNS = ("Measurement", "Left", "Right", "Total")
+
+
+def measurement_rows(measurements: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """Rows ``(name, left, right, total)`` from ``measurements.measure``'s dict (sides: the patient's)."""
+    tumors = measurements.get("tumors", [])
+
+    def per_side(key: str, reduce) -> tuple[float, float, float]:
+        values = {side: [t[key] for t in tumors if t["side"] == side] for side in ("left", "right")}
+        return reduce(values["left"]), reduce(values["right"]), reduce(values["left"] + values["right"])
+
+    def largest(values: list[float]) -> float:
+        return max(values, default=0.0)
+
+    return [
+        ("Kidney volume (mL)", *(float(measurements["kidney_ml"][s]) for s in ("left", "right", "total"))),
+        ("Tumor volume (mL)", *(float(measurements["tumor_ml"][s]) for s in ("left", "right", "total"))),
+        ("Tumor count", *(float(v) for v in per_side("volume_ml", len))),
+        ("Largest tumor diameter (mm)", *per_side("diameter_mm", largest)),
+    ]
+
+
+def fill_measurements_table(node: Any, measurements: dict[str, Any]) -> Any:
+    """Replace the contents of table ``node`` with the measurement rows; returns ``node``."""
+    table = vtk.vtkTable()
+    names = vtk.vtkStringArray()
+    names.SetName(COLUMNS[0])
+    table.AddColumn(names)
+    for column in COLUMNS[1:]:
+        values = vtk.vtkDoubleArray()
+        values.SetName(column)
+        table.AddColumn(values)
+    rows = measurement_rows(measurements)
+    table.SetNumberOfRows(len(rows))
+    for r, (name, *values) in enumerate(rows):
+        names.SetValue(r, name)
+        for c, value in enumerate(values, start=1):
+            table.GetColumn(c).SetValue(r, round(value, 2))
+    node.SetAndObserveTable(table)
+    node.SetUseColumnNameAsColumnHeader(True)
+    node.SetLocked(True)
+    return node
+
+
+def table_rows(node: Any) -> list[tuple[str, float, float, float]]:
+    """The rows of a measurements table node (for checks and the console)."""
+    table = node.GetTable()
+    return [(table.GetValue(r, 0).ToString(), *(table.GetValue(r, c).ToDouble() for c in range(1, 4)))
+            for r in range(table.GetNumberOfRows())]

@@ -1,0 +1,61 @@
+"""QA picture of a cascade run: boxes, landmarks and labels over axial and coronal CT views."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .boxes import Box
+from .stage1 import Stage1Result
+
+BOX_COLOURS = {"segmentation": "#4e9bff", "landmarks": "#ff9f1c", "crop": "#2ec46d"}
+LABEL_COLOURS = {1: (0.86, 0.38, 0.27), 2: (0.95, 0.85, 0.2)}
+
+
+def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx: np.ndarray,
+                crop: Box, stage1: Stage1Result | None, spacing_zyx: tuple[float, float, float]) -> None:
+    """Write a PNG: an axial and a coronal working-frame slice through the crop's centre.
+
+    ``normalized_zyx`` is the [0, 1] CT and ``labels_zyx`` the labels, both ``[z, y, x]`` in the
+    working frame. Boxes: segmentation (blue), landmarks (orange), crop (green); landmarks as
+    dots; kidney red, tumor yellow. Needs matplotlib (a 'cli' extra).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    centre = [(a + b) // 2 for a, b in zip(crop.start, crop.stop)]
+    foreground = np.argwhere(labels_zyx[crop.slices] > 0)
+    if len(foreground):
+        centre = [int(v) for v in np.median(foreground, axis=0) + np.array(crop.start)]
+    boxes = {"crop": crop}
+    if stage1 is not None:
+        boxes.update(segmentation=stage1.segmentation_box, landmarks=stage1.landmark_box)
+    views = [("axial", 0, (1, 2), spacing_zyx[1] / spacing_zyx[2]), ("coronal", 1, (0, 2), spacing_zyx[0] / spacing_zyx[2])]
+    figure, axes = plt.subplots(1, 2, figsize=(12, 6), facecolor="black")
+    for axis, (title, cut, (row_axis, col_axis), aspect) in zip(axes, views):
+        index = [slice(None)] * 3
+        index[cut] = centre[cut]
+        image, labels = normalized_zyx[tuple(index)], labels_zyx[tuple(index)]
+        overlay = np.zeros(labels.shape + (4,), np.float32)
+        for value, colour in LABEL_COLOURS.items():
+            overlay[labels == value] = (*colour, 0.45)
+        axis.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        axis.imshow(overlay, aspect=aspect, interpolation="nearest")
+        for name, box in boxes.items():
+            if box is None:
+                continue
+            axis.add_patch(Rectangle((box.start[col_axis] - 0.5, box.start[row_axis] - 0.5), box.size[col_axis], box.size[row_axis],
+                                     fill=False, edgecolor=BOX_COLOURS[name], linewidth=1.5, label=name))
+        if stage1 is not None:
+            near = [lm for lm in stage1.landmarks if abs(lm.zyx[cut] - centre[cut]) <= 2]
+            if near:
+                axis.scatter([lm.zyx[col_axis] for lm in near], [lm.zyx[row_axis] for lm in near], s=12, c="#ff3cac", label="landmarks")
+        axis.set_title(f"{title} slice {centre[cut]} (working frame)", color="white")
+        axis.axis("off")
+    axes[0].legend(loc="lower right", fontsize=8, facecolor="black", labelcolor="white")
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=100, facecolor="black")
+    plt.close(figure)

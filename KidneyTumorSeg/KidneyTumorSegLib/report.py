@@ -1,0 +1,68 @@
+"""JSON views of cascade results: boxes in the input's voxels and in RAS, landmarks, reports."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .boxes import Box
+from .geometry import WorkingFrame, index_to_world
+from .stage1 import Stage1Result
+
+
+def box_json(box: Box | None, frame: WorkingFrame) -> dict[str, Any] | None:
+    """A working-frame box as ``{"ijk": [[i0, i1], [j0, j1], [k0, k1]], "ras": [[lo], [hi]]}``.
+
+    ``ijk``: inclusive voxel ranges of the input file (nibabel indexing) holding the box;
+    ``ras``: opposite corners (mm) of the box's outer voxel edges, low-high per axis.
+    """
+    if box is None:
+        return None
+    on_input = box.transformed(frame.working_to_source(), frame.source_shape)
+    return {
+        "ijk": [[a, b] for a, b in zip(on_input.start, on_input.stop)],
+        "ras": box.edge_corners_ras(frame.affine).round(3).tolist(),
+    }
+
+
+def box_from_json(data: dict[str, Any], frame: WorkingFrame) -> Box:
+    """The working-frame crop box of a boxes JSON: ``{"boxes": {"crop": B}}`` or a bare ``B``.
+
+    ``B["ras"]`` (edge corners, mm) is used when present, else ``B["ijk"]`` (input voxels).
+    Raises ValueError for a malformed box or one wholly outside the image.
+    """
+    box = data.get("boxes", {}).get("crop") if "boxes" in data else data
+    if not isinstance(box, dict):
+        raise ValueError("box file has no crop box (expected {'boxes': {'crop': {...}}} or {'ras': ...})")
+    if "ras" in box:
+        corners = np.asarray(box["ras"], dtype=float)
+        if corners.shape != (2, 3):
+            raise ValueError("box 'ras' must be two corners [[x, y, z], [x, y, z]]")
+        return Box.from_ras_bounds(corners.min(axis=0), corners.max(axis=0), frame.affine, frame.shape)
+    if "ijk" in box:
+        ranges = np.asarray(box["ijk"], dtype=int)
+        if ranges.shape != (3, 2):
+            raise ValueError("box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
+        on_input = Box(tuple(ranges[:, 0]), tuple(ranges[:, 1])).clipped(frame.source_shape)
+        return on_input.transformed(frame.source_to_working(), frame.shape)
+    raise ValueError("box has neither 'ras' nor 'ijk'")
+
+
+def stage1_json(result: Stage1Result, frame: WorkingFrame) -> dict[str, Any]:
+    """What ``locate`` writes: the three boxes, the landmarks in RAS and the rule decisions."""
+    points = np.array([landmark.zyx for landmark in result.landmarks], float).reshape(-1, 3)
+    world = index_to_world(points, frame.affine)
+    return {
+        "boxes": {
+            "segmentation": box_json(result.segmentation_box, frame),
+            "landmarks": box_json(result.landmark_box, frame),
+            "chosen": box_json(result.chosen_box, frame),
+            "refined": box_json(result.refined_box, frame),
+            "crop": box_json(result.crop_box, frame),
+        },
+        "landmarks": [
+            {"name": landmark.name, "ras": world[n].round(3).tolist(), "value": round(landmark.value, 4)}
+            for n, landmark in enumerate(result.landmarks)
+        ],
+        "decisions": list(result.decisions),
+    }

@@ -1,0 +1,65 @@
+"""``kidneytumorseg-train``: the training toolkit's command line, one sub-command per step.
+
+Each sub-command is a ``_cmd_<name>(args) -> int`` function registered in ``build_parser``;
+add new steps the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def _add_phantoms(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "phantoms",
+        help="build phantom CTs around real KiTS19 label maps (KiTS19 layout out)",
+        description="Turn KiTS19 label maps (case_XXXXX.nii.gz files or case_XXXXX/segmentation.nii.gz "
+        "folders) into case_XXXXX/imaging.nii.gz (int16 HU, the mask's grid) + segmentation.nii.gz.",
+    )
+    parser.add_argument("--masks", type=Path, required=True, help="folder of KiTS19 label maps")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (KiTS19 layout)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed; each case's stream also depends on its name")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
+    parser.add_argument("--cases", type=int, default=None, metavar="N", help="only the first N cases (sorted by name)")
+    parser.set_defaults(run=_cmd_phantoms)
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from training_tools.phantoms import case_name, find_masks, make_phantoms
+
+    masks = find_masks(args.masks)
+    if args.cases is not None:
+        masks = masks[: args.cases]
+    if not masks:
+        logger.error("no case_*.nii.gz or case_*/segmentation.nii.gz under %s", args.masks)
+        return 1
+    existing = [m for m in masks if (args.out / case_name(m)).exists()]
+    if existing and not args.overwrite:
+        names = ", ".join(case_name(m) for m in existing[:5])
+        logger.error("%d case folder(s) exist in %s (%s ...); use --overwrite", len(existing), args.out, names)
+        return 1
+    make_phantoms(masks, args.out, seed=args.seed, progress=True)
+    logger.info("wrote %d phantom case(s) to %s", len(masks), args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kidneytumorseg-train", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_phantoms(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
