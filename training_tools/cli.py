@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from training_tools.cli_training import add_training_commands
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_phantoms(commands)
+    add_training_commands(commands)
     return parser
 
 

@@ -10,6 +10,7 @@ cleared to fat last, so no organ ever overlaps a kidney or tumor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +19,8 @@ from training_tools.phantom_fields import coarse_size, smooth_noise
 from training_tools.phantom_layout import Layout
 from training_tools.phantom_tissues import Tissue
 
+Point = tuple[float, float, float]  # body frame (Z, Y, X), mm
+Box = tuple[slice, slice, slice]
 COARSE_MM = (2.5, 1.5, 1.5)  # target coarse spacing (z, y, x)
 SACRUM_BELOW_CREST_MM = 50.0
 
@@ -77,7 +80,7 @@ class Body:
 
     def spine_y_at(self, z: np.ndarray) -> np.ndarray:
         """Vertebral body centre Y: the lumbar spine lies more anterior lower down."""
-        return self.spine_y - np.clip(0.08 * z, -20.0, 25.0)
+        return self.spine_y - np.clip(0.04 * z, -10.0, 12.0)
 
 
 @dataclass
@@ -105,7 +108,9 @@ class Scene:
         return float(self.rng.uniform(low, high))
 
 
-def _ellipsoid(z, y, x, centre, radii, angle: float = 0.0) -> np.ndarray:
+def _ellipsoid(
+    z: np.ndarray, y: np.ndarray, x: np.ndarray, centre: Point, radii: Point, angle: float = 0.0
+) -> np.ndarray:
     """Normalised squared radius of an ellipsoid (<= 1 inside), rotated by ``angle`` in-plane."""
     dy, dx = y - centre[1], x - centre[2]
     c, s = np.cos(angle), np.sin(angle)
@@ -113,7 +118,7 @@ def _ellipsoid(z, y, x, centre, radii, angle: float = 0.0) -> np.ndarray:
     return ((z - centre[0]) / radii[0]) ** 2 + (v / radii[1]) ** 2 + (u / radii[2]) ** 2
 
 
-def _segment_distance(z, y, x, start, end) -> np.ndarray:
+def _segment_distance(z: np.ndarray, y: np.ndarray, x: np.ndarray, start: Point, end: Point) -> np.ndarray:
     """Distance (mm) from each point to the 3-D segment ``start``-``end``."""
     p0, d = np.asarray(start, float), np.asarray(end, float) - np.asarray(start, float)
     t = ((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / max(float(d @ d), 1e-6)
@@ -121,7 +126,15 @@ def _segment_distance(z, y, x, start, end) -> np.ndarray:
     return np.sqrt((z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2)
 
 
-def _paint_ellipsoid(scene: Scene, centre, radii, tissue: Tissue, angle=0.0, where=None) -> None:
+def _paint_ellipsoid(
+    scene: Scene,
+    centre: Point,
+    radii: Point,
+    tissue: Tissue,
+    angle: float = 0.0,
+    where: Callable[[Box], np.ndarray] | None = None,
+) -> None:
+    """Paint an ellipsoid (body frame, mm), only where ``where(box)`` holds if given."""
     reach = max(radii)
     box = scene.canvas.box(np.subtract(centre, reach), np.add(centre, reach))
     inside = _ellipsoid(*scene.canvas.grid(box), centre, radii, angle) <= 1.0
@@ -130,7 +143,8 @@ def _paint_ellipsoid(scene: Scene, centre, radii, tissue: Tissue, angle=0.0, whe
     scene.canvas.paint(box, inside, tissue)
 
 
-def _paint_tube(scene: Scene, start, end, radius: float, tissue: Tissue) -> None:
+def _paint_tube(scene: Scene, start: Point, end: Point, radius: float, tissue: Tissue) -> None:
+    """Paint the capsule of ``radius`` mm around a segment (body frame)."""
     low, high = np.minimum(start, end) - radius, np.maximum(start, end) + radius
     box = scene.canvas.box(low, high)
     scene.canvas.paint(box, _segment_distance(*scene.canvas.grid(box), start, end) <= radius, tissue)
@@ -192,15 +206,16 @@ def _paint_wall(scene: Scene) -> None:
 
 
 def _paint_table(scene: Scene) -> None:
-    """The scanner table: two thin curved plates behind the back."""
+    """The scanner table: two thin curved plates behind the back, outside the body."""
     body, canvas = scene.body, scene.canvas
     top = body.centre_y + body.posterior + scene.uniform(5.0, 40.0)
     radius, half = scene.uniform(800.0, 1500.0), scene.uniform(190.0, 240.0)
     _, y, x = canvas.grid((slice(0, 1), slice(None), slice(None)))
+    table = np.zeros(y.shape[1:2] + x.shape[2:], bool)
     for offset, thickness in ((0.0, 3.0), (scene.uniform(35.0, 50.0), 2.0)):
-        surface = top + offset - x**2 / (2.0 * radius)
-        plate = (np.abs(y - surface) <= thickness / 2.0) & (np.abs(x) <= half) & (scene.depth[:1] < 0)
-        canvas.paint((slice(None), slice(None), slice(None)), plate[0][None], Tissue.TABLE)
+        surface = top + offset - x[0] ** 2 / (2.0 * radius)
+        table |= (np.abs(y[0] - surface) <= thickness / 2.0) & (np.abs(x[0]) <= half)
+    canvas.tissue[table[None] & (scene.depth < 0.0)] = Tissue.TABLE
 
 
 # --- thorax -----------------------------------------------------------------------------------
@@ -212,7 +227,8 @@ def _diaphragm(canvas: Canvas, layout: Layout, body: Body, rng: np.random.Genera
     _, y, x = canvas.grid((slice(0, 1), slice(None), slice(None)))
     y, x = y[0], x[0]
     centre_y = rng.uniform(-40.0, -15.0)
-    slope = rng.uniform(0.1, 0.2) * np.maximum(centre_y - y, 0.0) + rng.uniform(0.5, 0.7) * np.maximum(y - centre_y, 0.0)
+    anterior, posterior = rng.uniform(0.1, 0.2), rng.uniform(0.5, 0.7)
+    slope = anterior * np.maximum(centre_y - y, 0.0) + posterior * np.maximum(y - centre_y, 0.0)
     curvature = rng.uniform(0.002, 0.003)
     domes = []
     for side, lower in ((-1.0, 0.0), (1.0, rng.uniform(5.0, 20.0))):
@@ -233,7 +249,7 @@ def _paint_thorax(scene: Scene) -> None:
     heart = (body.dome_z - scene.uniform(45.0, 65.0), -scene.uniform(40.0, 70.0), scene.uniform(5.0, 25.0))
     radii = (scene.uniform(55.0, 65.0), scene.uniform(45.0, 55.0), scene.uniform(55.0, 70.0))
 
-    def above_diaphragm(b):
+    def above_diaphragm(b: Box) -> np.ndarray:
         return canvas.grid(b)[0] < scene.diaphragm[None, b[1], b[2]] - 4.0
 
     _paint_ellipsoid(scene, heart, radii, Tissue.HEART, angle=scene.uniform(-0.5, 0.0), where=above_diaphragm)
@@ -284,7 +300,7 @@ def _paint_colon(scene: Scene) -> None:
 
 def _paint_stomach(scene: Scene) -> None:
     """Stomach under the left dome, with a gas cap anteriorly (the patient lies supine)."""
-    left, left_top, _ = scene.layout.side("left")
+    left_top = scene.layout.side("left")[1]
     centre = (left_top - scene.uniform(10.0, 40.0), -scene.uniform(50.0, 80.0), scene.uniform(35.0, 60.0))
     radii = (scene.uniform(50.0, 70.0), scene.uniform(30.0, 45.0), scene.uniform(35.0, 50.0))
     _paint_ellipsoid(scene, centre, radii, Tissue.STOMACH, angle=scene.uniform(-0.6, 0.0), where=scene.abdomen)
@@ -297,7 +313,11 @@ def _paint_stomach(scene: Scene) -> None:
 
 def _paint_spleen(scene: Scene) -> None:
     left, left_top, _ = scene.layout.side("left")
-    centre = (left_top - scene.uniform(0.0, 25.0), left[1] - scene.uniform(0.0, 20.0), left[2] + scene.uniform(20.0, 40.0))
+    centre = (
+        left_top - scene.uniform(0.0, 25.0),
+        left[1] - scene.uniform(0.0, 20.0),
+        left[2] + scene.uniform(20.0, 40.0),
+    )
     radii = (scene.uniform(40.0, 55.0), scene.uniform(45.0, 60.0), scene.uniform(18.0, 28.0))
     _paint_ellipsoid(scene, centre, radii, Tissue.SPLEEN, angle=scene.uniform(-0.9, -0.3), where=scene.abdomen)
 
@@ -306,7 +326,7 @@ def _paint_liver(scene: Scene) -> None:
     """Liver filling the right upper quadrant under the diaphragm; the left lobe reaches across
     the midline anteriorly; its lower edge rises medially. Portal-vein branches inside."""
     canvas, body = scene.canvas, scene.body
-    right, right_top, _ = scene.layout.side("right")
+    right = scene.layout.side("right")[0]
     tip = right[0] + scene.uniform(-10.0, 40.0)
     box = canvas.box((-1e4, -1e4, -1e4), (tip + 15.0, 1e4, 1e4))
     z, y, x = canvas.grid(box)
@@ -346,7 +366,8 @@ def _paint_vessels(scene: Scene) -> None:
         hilum = (centre[0], centre[1] - 5.0, centre[2] - np.sign(centre[2]) * 25.0)
         _paint_tube(scene, hilum, (centre[0], ivc[0], ivc[1]), vein_radius, Tissue.VEIN)
         _paint_tube(scene, (centre[0] - 8.0, aorta[0], aorta[1]), hilum, artery_radius, Tissue.AORTA)
-    _paint_tube(scene, (top, ivc[0], ivc[1]), (bifurcation + 10.0, ivc[0], ivc[1]), scene.uniform(10.0, 13.0), Tissue.IVC)
+    ivc_radius = scene.uniform(10.0, 13.0)
+    _paint_tube(scene, (top, ivc[0], ivc[1]), (bifurcation + 10.0, ivc[0], ivc[1]), ivc_radius, Tissue.IVC)
     _paint_tube(scene, (top, aorta[0], aorta[1]), (bifurcation, aorta[0], aorta[1]), radius, Tissue.AORTA)
     for side in (-1.0, 1.0):
         end = (bifurcation + 160.0, aorta[0] + 20.0, side * scene.uniform(60.0, 80.0))
@@ -371,11 +392,13 @@ def _paint_muscles(scene: Scene) -> None:
     quadratus_x, quadratus_y = scene.uniform(65.0, 80.0), scene.uniform(15.0, 30.0)
     quadratus = (z > start) & (z < body.crest_z)
     for side in (-1.0, 1.0):
-        back = np.abs((x - side * back_x) / back_radii[0]) ** 3 + np.abs((y - spine - back_y) / back_radii[1]) ** 3 <= 1.0
+        back_u, back_v = (x - side * back_x) / back_radii[0], (y - spine - back_y) / back_radii[1]
+        back = np.abs(back_u) ** 3 + np.abs(back_v) ** 3 <= 1.0
         canvas.paint(box, back & inside_fat, Tissue.PARASPINAL)
         ql = ((x - side * quadratus_x) / 20.0) ** 2 + ((y - spine - quadratus_y) / 10.0) ** 2 <= 1.0
         canvas.paint(box, ql & quadratus & scene.cavity, Tissue.MUSCLE)
-        psoas = ((x - side * offset_x) / np.maximum(radius, 1e-3)) ** 2 + ((y - centre_y) / np.maximum(0.85 * radius, 1e-3)) ** 2
+        rx, ry = np.maximum(radius, 1e-3), np.maximum(0.85 * radius, 1e-3)
+        psoas = ((x - side * offset_x) / rx) ** 2 + ((y - centre_y) / ry) ** 2
         canvas.paint(box, (psoas <= 1.0) & (radius > 0), Tissue.PSOAS)
 
 
@@ -400,7 +423,8 @@ def _paint_spine(scene: Scene) -> None:
     height = (w - disc) / (period - disc)
     arch = (canal > 1.0) & ((x / 17.0) ** 2 + ((y - canal_y) / 14.0) ** 2 <= 1.0) & (height > 0.0) & (height < 0.75)
     spinous = (np.abs(x) < 4.0) & (y > canal_y) & (y < canal_y + scene.uniform(40.0, 50.0)) & (height > 0.35)
-    transverse = (np.abs(y - canal_y + 4.0) < 4.5) & (np.abs(x) < rx + scene.uniform(25.0, 35.0)) & (height > 0.3) & (height < 0.6)
+    reach = rx + scene.uniform(25.0, 35.0)
+    transverse = (np.abs(y - canal_y + 4.0) < 4.5) & (np.abs(x) < reach) & (height > 0.3) & (height < 0.6)
     canvas.paint(box, (arch | spinous | transverse) & (y > spine), Tissue.THIN_BONE)
     canvas.paint(box, canal <= 1.0, Tissue.CANAL)
 
@@ -464,7 +488,8 @@ def _paint_pelvis(scene: Scene) -> None:
     canvas.paint(box, sacrum, Tissue.CORTICAL)
     canvas.paint(box, sacrum & core, Tissue.CANCELLOUS)
     bladder_z = body.crest_z + scene.uniform(110.0, 140.0)
-    _paint_ellipsoid(scene, (bladder_z, -scene.uniform(40.0, 60.0), 0.0), (45.0, 40.0, 50.0), Tissue.FLUID, where=scene.abdomen)
+    bladder = (bladder_z, -scene.uniform(40.0, 60.0), 0.0)
+    _paint_ellipsoid(scene, bladder, (45.0, 40.0, 50.0), Tissue.FLUID, where=scene.abdomen)
     head_z, head_r = body.crest_z + scene.uniform(150.0, 175.0), scene.uniform(22.0, 26.0)
     for side in (-1.0, 1.0):
         centre = (head_z, body.spine_y - scene.uniform(20.0, 40.0), side * scene.uniform(85.0, 100.0))

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from training_tools.phantom_fields import smooth_noise
+from training_tools.phantom_fields import coarse_size, smooth_noise, upsample_box
 from training_tools.phantom_tissues import Contrast, measured_hu
 
 TUMOR_KINDS = ("hyperdense", "heterogeneous", "isodense", "hypodense", "cystic")
 TUMOR_KIND_WEIGHTS = (0.25, 0.2, 0.2, 0.2, 0.15)
+DEPTH_GRID_MM = 1.0
+Spacing = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,29 @@ def draw_kidney_look(contrast: Contrast, rng: np.random.Generator) -> KidneyLook
 
 
 def inner_depth(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Distance (mm, float32) from each voxel of ``mask`` to the nearest voxel outside it; 0 outside."""
+    """Distance (mm, float32) from each voxel of ``mask`` to the nearest voxel outside it; 0 outside.
+
+    Computed on a sub-grid of ~``DEPTH_GRID_MM`` when the voxels are finer, then interpolated.
+    """
     depth = np.zeros(mask.shape, np.float32)
-    nonzero = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
-    if any(n.size == 0 for n in nonzero):
+    profiles = [np.nonzero(mask.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(p.size == 0 for p in profiles):
         return depth
-    box = tuple(slice(max(int(n[0]) - 1, 0), int(n[-1]) + 2) for n in nonzero)
-    depth[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing)
+    box = tuple(slice(max(int(p[0]) - 1, 0), int(p[-1]) + 2) for p in profiles)
+    inside = mask[box]
+    factors = tuple(max(1, int(DEPTH_GRID_MM / s)) for s in spacing)
+    shape = tuple(coarse_size(n, f) for n, f in zip(inside.shape, factors))
+    sampled = np.zeros(shape, bool)
+    strided = inside[:: factors[0], :: factors[1], :: factors[2]]
+    sampled[: strided.shape[0], : strided.shape[1], : strided.shape[2]] = strided
+    coarse = ndimage.distance_transform_edt(sampled, sampling=[f * s for f, s in zip(factors, spacing)])
+    fine = upsample_box(coarse.astype(np.float32), factors, tuple(slice(0, n) for n in inside.shape))
+    depth[box] = np.where(inside, fine, 0.0)
     return depth
 
 
-def _kidney_hu(depth: np.ndarray, spacing, look: KidneyLook, rng: np.random.Generator) -> np.ndarray:
+def _kidney_hu(depth: np.ndarray, spacing: Spacing, look: KidneyLook, rng: np.random.Generator) -> np.ndarray:
+    """Cortex HU in the outer ``cortex_mm``, medulla in pyramids deeper in, plus fine texture."""
     pyramids = smooth_noise(depth.shape, spacing, 7.0, rng)
     medulla = np.clip((depth - look.cortex_mm) / 1.5, 0.0, 1.0) * np.clip((pyramids + 0.3) / 0.5, 0.0, 1.0)
     hu = look.cortex_hu + (look.medulla_hu - look.cortex_hu) * medulla
@@ -95,7 +109,8 @@ def _kidney_hu(depth: np.ndarray, spacing, look: KidneyLook, rng: np.random.Gene
     return hu
 
 
-def _tumor_hu(tumor: np.ndarray, spacing, look: KidneyLook, rng: np.random.Generator) -> np.ndarray:
+def _tumor_hu(tumor: np.ndarray, spacing: Spacing, look: KidneyLook, rng: np.random.Generator) -> np.ndarray:
+    """Tumor HU: mean and grain, patches (heterogeneous), a necrotic core, a rim (capsule or wall)."""
     depth = inner_depth(tumor, spacing)
     hu = look.tumor_hu + look.tumor_texture_hu * smooth_noise(tumor.shape, spacing, look.tumor_grain_mm, rng)
     if look.tumor_kind == "heterogeneous":
@@ -113,8 +128,7 @@ def _tumor_hu(tumor: np.ndarray, spacing, look: KidneyLook, rng: np.random.Gener
 
 
 def render_kidneys(
-    labels: np.ndarray, background: np.ndarray, spacing: tuple[float, float, float], look: KidneyLook,
-    rng: np.random.Generator,
+    labels: np.ndarray, background: np.ndarray, spacing: Spacing, look: KidneyLook, rng: np.random.Generator
 ) -> np.ndarray:
     """HU of a box: ``background`` (float32, same shape as ``labels``) with kidney (label 1) and
     tumor (label 2) voxels replaced. The cortex is measured from the outside of kidney + tumor."""

@@ -22,9 +22,9 @@ from scipy import ndimage
 
 from training_tools.phantom_anatomy import Anatomy, paint_anatomy
 from training_tools.phantom_fields import smooth_noise, upsample_box
-from training_tools.phantom_kidney import draw_kidney_look, render_kidneys
+from training_tools.phantom_kidney import KidneyLook, draw_kidney_look, render_kidneys
 from training_tools.phantom_layout import kidney_layout
-from training_tools.phantom_tissues import draw_contrast, measured_hu, tissue_table
+from training_tools.phantom_tissues import Contrast, draw_contrast, measured_hu, tissue_table
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class _Patch:
     hu: np.ndarray
 
 
-def _anatomy_hu(anatomy: Anatomy, contrast, rng: np.random.Generator) -> np.ndarray:
+def _anatomy_hu(anatomy: Anatomy, contrast: Contrast, rng: np.random.Generator) -> np.ndarray:
     """HU of the coarse anatomy: tissue mean plus tissue texture times a 4 mm random field."""
     means, amplitudes = tissue_table(contrast)
     texture = smooth_noise(anatomy.tissue.shape, anatomy.canvas.spacing, 4.0, rng)
@@ -64,9 +64,12 @@ def _psf_sigma(spacing: tuple[float, float, float], rng: np.random.Generator) ->
     return tuple(float(np.sqrt(psf**2 + (0.42 * s) ** 2) / s) for s in spacing)
 
 
-def _kidney_boxes(labels: np.ndarray, midline_x: int, spacing) -> list[tuple[slice, slice, slice]]:
+def _kidney_boxes(
+    labels: np.ndarray, midline_x: int, spacing: tuple[float, float, float]
+) -> list[tuple[slice, slice, slice]]:
     """Bounding boxes of the labels on each side of the midline, grown by ``KIDNEY_MARGIN_MM``;
     one box when the two would overlap."""
+    margins = [int(np.ceil(KIDNEY_MARGIN_MM / s)) for s in spacing]
     boxes = []
     for part in (slice(0, midline_x), slice(midline_x, labels.shape[2])):
         fg = labels[:, :, part] > 0
@@ -77,7 +80,7 @@ def _kidney_boxes(labels: np.ndarray, midline_x: int, spacing) -> list[tuple[sli
         boxes.append(
             tuple(
                 slice(max(int(p[0]) + o - m, 0), min(int(p[-1]) + o + m + 1, n))
-                for p, o, n, m in zip(profiles, offsets, labels.shape, (int(np.ceil(KIDNEY_MARGIN_MM / s)) for s in spacing))
+                for p, o, n, m in zip(profiles, offsets, labels.shape, margins)
             )
         )
     if len(boxes) == 2 and boxes[0][2].stop > boxes[1][2].start:
@@ -85,9 +88,12 @@ def _kidney_boxes(labels: np.ndarray, midline_x: int, spacing) -> list[tuple[sli
     return boxes
 
 
-def _kidney_patches(labels, anatomy_hu, anatomy: Anatomy, contrast, rng) -> list[_Patch]:
+def _kidney_patches(
+    labels: np.ndarray, anatomy_hu: np.ndarray, anatomy: Anatomy, look: KidneyLook, rng: np.random.Generator
+) -> list[_Patch]:
+    """Full-resolution boxes around the kidneys of each side: kidney and tumor HU over the
+    up-sampled anatomy, blurred by the point-spread function."""
     spacing = anatomy.layout.spacing
-    look = draw_kidney_look(contrast, rng)
     sigma = _psf_sigma(spacing, rng)
     midline = int(np.clip(round(anatomy.layout.origin_mm[2] / spacing[2]), 0, labels.shape[2]))
     patches = []
@@ -95,7 +101,6 @@ def _kidney_patches(labels, anatomy_hu, anatomy: Anatomy, contrast, rng) -> list
         background = upsample_box(anatomy_hu, anatomy.factors, box)
         hu = render_kidneys(labels[box], background, spacing, look, rng)
         patches.append(_Patch(box, ndimage.gaussian_filter(hu, sigma, truncate=3.0)))
-    logger.debug("tumor kind %s, phase %.2f", look.tumor_kind, contrast.phase)
     return patches
 
 
@@ -122,7 +127,7 @@ class _NoiseBank:
             hu[k] += self.std * self.bank[i, oy : oy + self.shape[1], ox : ox + self.shape[2]]
 
 
-def _outside_fov(anatomy: Anatomy, shape, rng: np.random.Generator) -> np.ndarray | None:
+def _outside_fov(anatomy: Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray | None:
     """[y, x] mask outside a circular field of view around the body, or None (no circle)."""
     if rng.uniform() >= FOV_PROBABILITY:
         return None
@@ -133,12 +138,29 @@ def _outside_fov(anatomy: Anatomy, shape, rng: np.random.Generator) -> np.ndarra
     return (y[:, None] ** 2 + x[None, :] ** 2) > radius**2
 
 
+@dataclass(frozen=True)
+class PhantomInfo:
+    """What was drawn for one phantom: its coarse anatomy, contrast and kidney/tumor look."""
+
+    anatomy: Anatomy
+    contrast: Contrast
+    look: KidneyLook
+    noise_hu: float
+
+
 def make_phantom(labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator) -> np.ndarray:
     """Phantom CT (int16 HU, same shape) around a ``[z, y, x]`` KiTS19 label map (I, P, L).
 
     ``spacing_zyx`` in mm. Kidney (1) and tumor (2) voxels get cortex / medulla / tumor HU;
     everything else is synthetic anatomy placed relative to the kidneys.
     """
+    return make_phantom_with_info(labels_zyx, spacing_zyx, rng)[0]
+
+
+def make_phantom_with_info(
+    labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator
+) -> tuple[np.ndarray, PhantomInfo]:
+    """``make_phantom`` that also returns what it drew (``PhantomInfo``)."""
     labels = np.asarray(labels_zyx)
     labels = labels if labels.dtype == np.uint8 else labels.astype(np.uint8)
     spacing = tuple(float(s) for s in spacing_zyx)
@@ -146,13 +168,15 @@ def make_phantom(labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.r
     contrast = draw_contrast(rng)
     anatomy = paint_anatomy(labels, layout, rng)
     coarse_hu = _anatomy_hu(anatomy, contrast, rng)
-    patches = _kidney_patches(labels, coarse_hu, anatomy, contrast, rng)
+    look = draw_kidney_look(contrast, rng)
+    patches = _kidney_patches(labels, coarse_hu, anatomy, look, rng)
     noise = _NoiseBank(labels.shape, spacing[0], rng)
     outside = _outside_fov(anatomy, labels.shape, rng)
     out = np.empty(labels.shape, np.int16)
     for z0 in range(0, labels.shape[0], SLAB):
         z1 = min(z0 + SLAB, labels.shape[0])
-        hu = upsample_box(coarse_hu, anatomy.factors, (slice(z0, z1), slice(0, labels.shape[1]), slice(0, labels.shape[2])))
+        slab = (slice(z0, z1), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
+        hu = upsample_box(coarse_hu, anatomy.factors, slab)
         for patch in patches:
             lo, hi = max(z0, patch.box[0].start), min(z1, patch.box[0].stop)
             if lo < hi:
@@ -163,7 +187,8 @@ def make_phantom(labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.r
             hu[:, outside] = HU_MIN
         np.clip(hu, HU_MIN, HU_MAX, out=hu)
         out[z0:z1] = np.rint(hu, out=hu)
-    return out
+    logger.debug("phantom: tumor %s, phase %.2f, noise %.1f HU", look.tumor_kind, contrast.phase, noise.std)
+    return out, PhantomInfo(anatomy, contrast, look, noise.std)
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -219,14 +244,18 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0)
     img = nib.load(str(mask_path))
     labels_ipl, back, spacing = _to_ipl(img)
     rng = np.random.default_rng(case_seed(seed, name))
-    hu = nib.orientations.apply_orientation(make_phantom(labels_ipl, spacing, rng), back)
+    try:
+        phantom = make_phantom(labels_ipl, spacing, rng)
+    except ValueError as error:
+        raise ValueError(f"{mask_path}: {error}") from error
+    hu = nib.orientations.apply_orientation(phantom, back)
     labels = nib.orientations.apply_orientation(labels_ipl, back)
     case_dir = Path(out_dir) / name
     case_dir.mkdir(parents=True, exist_ok=True)
     for array, dtype, filename in ((labels, np.uint8, "segmentation.nii.gz"), (hu, np.int16, "imaging.nii.gz")):
         header = img.header.copy()
         header.set_data_dtype(dtype)
-        out = nib.Nifti1Image(np.ascontiguousarray(array, dtype=dtype), img.affine, header)
+        out = nib.Nifti1Image(np.asfortranarray(array, dtype=dtype), img.affine, header)  # NIfTI order
         out.header.set_slope_inter(1.0, 0.0)
         _write_atomic(out, case_dir / filename)
     return case_dir

@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .networks.registry import ROLES, build_network
+from .networks.registry import ROLES, SPATIAL_DIMS, build_network, required_divisor
 from .settings import WORKING_AXCODES, WORKING_SPACING_ZYX, IntensitySettings
 
 logger = logging.getLogger(__name__)
@@ -102,11 +104,15 @@ def load_bundle(path: str | os.PathLike, roles: tuple[str, ...] | None = None) -
     """Open and verify a bundle; ``roles`` limits which models are loaded (None = all present).
 
     Raises :class:`BundleError` for a missing folder, a malformed or unknown-version manifest,
-    a missing or altered weights file, or weights that do not fit the declared architecture.
+    a missing or altered weights file, a declared network unfit for its role, weights that are not
+    a plain state_dict (pickled code is refused), or weights that do not fit the declared architecture.
     """
     path = Path(path)
     manifest = _read_manifest(path)
-    entries = {entry.role: entry for entry in (_parse_entry(m, path) for m in manifest["models"])}
+    parsed = [_parse_entry(m, path) for m in manifest["models"]]
+    entries = {entry.role: entry for entry in parsed}
+    if len(entries) != len(parsed):
+        raise BundleError(f"{path / MANIFEST_NAME}: a model role is listed twice")
     for role in REQUIRED_ROLES:
         if role not in entries:
             raise BundleError(f"{path}: bundle has no '{role}' model, which the cascade needs")
@@ -170,13 +176,42 @@ def _load_network(entry: ModelEntry, path: Path) -> nn.Module:
         network = build_network(entry.architecture, entry.params)
     except (TypeError, ValueError) as error:
         raise BundleError(f"{path / MANIFEST_NAME}: cannot build {entry.role} ({error})") from error
+    _check_fits_role(entry, network, path / MANIFEST_NAME)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # pickled code, or not a torch file at all
+        detail = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \d+)", str(error))
+        reason = detail.group(0) if detail else "not a plain tensor file"
+        raise BundleError(f"{weights}: refused to load the weights of {entry.role}: not a plain state_dict ({reason}); "
+                          "bundles never run pickled code") from error
+    except Exception as error:  # truncated or foreign files
+        reason = " ".join(str(error).split())
+        raise BundleError(f"{weights}: unreadable weights of {entry.role}: not a complete PyTorch weights file "
+                          f"({type(error).__name__}: {reason:.150})") from error
+    try:
         network.load_state_dict(state, strict=True)
-    except Exception as error:  # unpickling errors, shape mismatches, missing keys
-        reason = str(error).splitlines()[0]
-        raise BundleError(f"{weights}: weights do not fit the declared {entry.architecture} of {entry.role} ({reason:.200})") from error
+    except Exception as error:  # shape mismatches, missing or unexpected keys, not a dict
+        reason = " ".join(str(error).split())  # torch lists the mismatches on further lines
+        raise BundleError(f"{weights}: weights do not fit the declared {entry.architecture} of {entry.role} ({reason:.300})") from error
     return network.eval()
+
+
+def _check_fits_role(entry: ModelEntry, network: nn.Module, manifest: Path) -> None:
+    """Refuse a model whose declared network cannot do its role's job: a 2D network in a 3D role
+    (or the reverse), a patch size the network cannot take, or a stage-1 network without the
+    five landmark channels."""
+    spec = ROLES[entry.role]
+    dims = SPATIAL_DIMS[entry.architecture]
+    if dims != SPATIAL_DIMS[spec.architecture]:
+        raise BundleError(f"{manifest}: {entry.role} needs a {SPATIAL_DIMS[spec.architecture]}D network, got {entry.architecture}")
+    divisor = required_divisor(entry.architecture, entry.params)
+    if len(entry.patch_size) != dims or any(p <= 0 or p % divisor for p in entry.patch_size):
+        raise BundleError(f"{manifest}: patch size {list(entry.patch_size)} of {entry.role} must be {dims} positive "
+                          f"multiples of {divisor}")
+    wanted = spec.arch_params.get("regression_channels", 0)
+    head = getattr(network, "reg_head", None)
+    if entry.role == "stage1" and (head is None or head.out_channels != wanted):
+        raise BundleError(f"{manifest}: stage1 must have {wanted} landmark channels")
 
 
 def save_bundle(

@@ -21,6 +21,7 @@ from .inference import make_predictor, pick_device, predict_along_axis, resolve_
 from .inference.cancellation import CancelCallback, check_cancel
 from .networks.registry import ROLES, required_divisor
 from .preprocessing import downsample_mean, normalize_hu
+from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, MethodSettings
 from .stage1 import Stage1Result, choose_crop
 
@@ -52,12 +53,14 @@ class InferenceOptions:
 
 @dataclass
 class PreparedCase:
-    """An input image brought to the working frame: ``normalized`` is ``[z, y, x]`` float32 in [0, 1]."""
+    """An input image brought to the working frame: ``normalized`` is ``[z, y, x]`` float32 in [0, 1];
+    ``seconds``: how long that took."""
 
     image: Image
     frame: WorkingFrame
     normalized: np.ndarray
     kidney_cache: dict[Box, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,22 @@ class Cascade:
 
     # -- preparation -------------------------------------------------------------------------
     def prepare(self, image: Image) -> PreparedCase:
-        """Resample ``image`` to the working frame (linear) and normalise its HU window."""
+        """Resample ``image`` to the working frame (linear) and normalise its HU window.
+
+        On CUDA the resampling runs on the GPU (``grid_sample``, same result within float
+        rounding); on the CPU through scipy's separable path.
+        """
         start = time.perf_counter()
         frame = working_frame_for(image.array.shape, image.affine)
-        working = to_working_frame(image.array, frame, order=1)
-        normalized = normalize_hu(working, self.bundle.intensity)
+        if self.device.type == "cuda":
+            window = self.bundle.intensity
+            working = to_working_frame_torch(image.array, frame, self.device, order=1)
+            scaled = (working.clamp_(window.hu_min, window.hu_max) - window.hu_min) / (window.hu_max - window.hu_min)
+            normalized = scaled.cpu().numpy()
+        else:
+            normalized = normalize_hu(to_working_frame(image.array, frame, order=1), self.bundle.intensity)
         self.timings["prepare"] = time.perf_counter() - start
-        return PreparedCase(image, frame, normalized)
+        return PreparedCase(image, frame, normalized, seconds=self.timings["prepare"])
 
     # -- model runs --------------------------------------------------------------------------
     def _run_3d(self, role: str, volume: np.ndarray, output: str, report: ProgressReport, stage: str,
@@ -131,8 +143,9 @@ class Cascade:
         return result[0]
 
     def _kidney_probability(self, case: PreparedCase, box: Box, report: ProgressReport,
-                            cancel: CancelCallback | None) -> np.ndarray | None:
-        """Mean of K1 and K2 over ``box`` ``[z, y, x]``; cached so stage 2 can reuse it."""
+                            cancel: CancelCallback | None, stage: str = "stage2") -> np.ndarray | None:
+        """Mean of K1 and K2 over ``box`` ``[z, y, x]``; cached so stage 2 can reuse it.
+        ``stage`` names the stage the runs are reported under (stage 1 when they refine its box)."""
         roles = [r for r in KIDNEY_ROLES if r in self.members]
         if not roles:
             return None
@@ -141,7 +154,7 @@ class Cascade:
                 offset = [a - c for a, c in zip(box.start, cached_box.start)]
                 return probability[tuple(slice(o, o + s) for o, s in zip(offset, box.size))]
         crop = case.normalized[box.slices]
-        probability = average_probabilities([self._run_3d(r, crop, "seg", report, "stage2", cancel)[0] for r in roles])
+        probability = average_probabilities([self._run_3d(r, crop, "seg", report, stage, cancel)[0] for r in roles])
         case.kidney_cache[box] = probability.astype(np.float16)
         return case.kidney_cache[box]
 
@@ -157,7 +170,7 @@ class Cascade:
                 return self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel)[0]
         elif any(r in self.members for r in KIDNEY_ROLES):
             def refine(box: Box) -> np.ndarray:
-                return self._kidney_probability(case, box, progress, cancel)
+                return self._kidney_probability(case, box, progress, cancel, "stage1")
         start = time.perf_counter()
         result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings)
         self.timings["mixed_cropping"] = time.perf_counter() - start  # includes the kidney models' runs
@@ -187,6 +200,7 @@ class Cascade:
         """Run the cascade on ``image``; ``crop`` (working-frame box) skips stage 1."""
         self.timings = {}
         case = case or self.prepare(image)
+        self.timings["prepare"] = case.seconds
         stage1 = None
         if crop is None:
             stage1 = self.locate(case, progress, cancel)

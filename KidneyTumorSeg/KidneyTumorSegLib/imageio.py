@@ -155,9 +155,17 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     temporary = Path(temporary)
     try:
         yield temporary
+        os.chmod(temporary, _default_file_mode())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _default_file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False) -> Path:

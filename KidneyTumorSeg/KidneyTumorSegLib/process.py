@@ -101,7 +101,7 @@ class CliCommand:
     package_parent: Path = Path(__file__).resolve().parent.parent
 
     def _base(self, command: str) -> list[str]:
-        return [self.python, "-m", CLI_MODULE, "--quiet", command]
+        return [self.python, "-m", CLI_MODULE, command]
 
     def locate(self, image: Path, output: Path, options: RunOptions) -> list[str]:
         """``locate IMAGE -o boxes.json``."""
@@ -196,13 +196,6 @@ class SubprocessRunner:
                 self._process = None
                 self._on_finished(event[1], event[2])
 
-    def wait(self, idle: Callable[[], None] | None = None, interval_s: float = 0.05) -> None:
-        """Block until the command ends, delivering its output; ``idle`` runs between polls."""
-        while self.poll():
-            if idle is not None:
-                idle()
-            threading.Event().wait(interval_s)
-
     def cancel(self) -> None:
         """End the command and every process it started; its remaining output is dropped."""
         process = self._process
@@ -211,6 +204,11 @@ class SubprocessRunner:
         self._process = None
         self._on_line, self._on_finished = _ignore, _ignore
         kill_process_tree(process, self.kill_grace_s)
+
+
+def runner_for(command: CliCommand, kill_grace_s: float = 2.0) -> SubprocessRunner:
+    """A runner that starts ``command``'s argument lists in the package folder with its environment."""
+    return SubprocessRunner(cwd=command.package_parent, env=command.environment(), kill_grace_s=kill_grace_s)
 
 
 def kill_process_tree(process: subprocess.Popen, grace_s: float = 2.0) -> None:

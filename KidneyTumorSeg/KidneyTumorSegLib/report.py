@@ -13,39 +13,58 @@ from .stage1 import Stage1Result
 def box_json(box: Box | None, frame: WorkingFrame) -> dict[str, Any] | None:
     """A working-frame box as ``{"ijk": [[i0, i1], [j0, j1], [k0, k1]], "ras": [[lo], [hi]]}``.
 
-    ``ijk``: inclusive voxel ranges of the input file (nibabel indexing) holding the box;
+    ``ijk``: inclusive voxel ranges of the input file (nibabel indexing) holding the box, None
+    when the box holds no input voxel (a corner of an oblique input's working frame);
     ``ras``: opposite corners (mm) of the box's outer voxel edges, low-high per axis.
     """
     if box is None:
         return None
-    on_input = box.transformed(frame.working_to_source(), frame.source_shape)
-    return {
-        "ijk": [[a, b] for a, b in zip(on_input.start, on_input.stop)],
-        "ras": box.edge_corners_ras(frame.affine).round(3).tolist(),
-    }
+    try:
+        on_input = box.transformed(frame.working_to_source(), frame.source_shape)
+        ijk = [[a, b] for a, b in zip(on_input.start, on_input.stop)]
+    except ValueError:  # wholly outside the input grid
+        ijk = None
+    return {"ijk": ijk, "ras": box.edge_corners_ras(frame.affine).round(3).tolist()}
 
 
-def box_from_json(data: dict[str, Any], frame: WorkingFrame) -> Box:
+def box_from_json(data: Any, frame: WorkingFrame) -> Box:
     """The working-frame crop box of a boxes JSON: ``{"boxes": {"crop": B}}`` or a bare ``B``.
 
     ``B["ras"]`` (edge corners, mm) is used when present, else ``B["ijk"]`` (input voxels).
-    Raises ValueError for a malformed box or one wholly outside the image.
+    Raises ValueError (one line) for a malformed box or one wholly outside the image.
     """
-    box = data.get("boxes", {}).get("crop") if "boxes" in data else data
+    if not isinstance(data, dict):
+        raise ValueError("box file must hold a JSON object ({'boxes': {'crop': {...}}} or {'ras': ...})")
+    boxes = data.get("boxes") if "boxes" in data else {"crop": data}
+    box = boxes.get("crop") if isinstance(boxes, dict) else None
     if not isinstance(box, dict):
         raise ValueError("box file has no crop box (expected {'boxes': {'crop': {...}}} or {'ras': ...})")
-    if "ras" in box:
-        corners = np.asarray(box["ras"], dtype=float)
-        if corners.shape != (2, 3):
-            raise ValueError("box 'ras' must be two corners [[x, y, z], [x, y, z]]")
-        return Box.from_ras_bounds(corners.min(axis=0), corners.max(axis=0), frame.affine, frame.shape)
-    if "ijk" in box:
-        ranges = np.asarray(box["ijk"], dtype=int)
-        if ranges.shape != (3, 2):
-            raise ValueError("box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
-        on_input = Box(tuple(ranges[:, 0]), tuple(ranges[:, 1])).clipped(frame.source_shape)
-        return on_input.transformed(frame.source_to_working(), frame.shape)
+    try:
+        if "ras" in box:
+            corners = _numbers(box["ras"], float, (2, 3), "box 'ras' must be two finite corners [[x, y, z], [x, y, z]]")
+            return Box.from_ras_bounds(corners.min(axis=0), corners.max(axis=0), frame.affine, frame.shape)
+        if "ijk" in box:
+            ranges = _numbers(box["ijk"], int, (3, 2), "box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
+            if np.any(ranges[:, 1] < ranges[:, 0]):
+                raise ValueError("box 'ijk' ranges must run low to high")
+            on_input = Box(tuple(ranges[:, 0]), tuple(ranges[:, 1])).clipped(frame.source_shape)
+            return on_input.transformed(frame.source_to_working(), frame.shape)
+    except ValueError as error:
+        if "lies outside the image" in str(error):
+            raise ValueError("the crop box lies wholly outside the image") from None
+        raise
     raise ValueError("box has neither 'ras' nor 'ijk'")
+
+
+def _numbers(values: Any, dtype: type, shape: tuple[int, int], message: str) -> np.ndarray:
+    """``values`` as a finite ``dtype`` array of ``shape``; ValueError(``message``) otherwise."""
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if array.shape != shape or not np.all(np.isfinite(array)) or (dtype is int and np.any(array != np.round(array))):
+        raise ValueError(message)
+    return array.astype(dtype)
 
 
 def stage1_json(result: Stage1Result, frame: WorkingFrame) -> dict[str, Any]:

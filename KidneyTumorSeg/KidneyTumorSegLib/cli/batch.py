@@ -5,6 +5,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def run_batch(args: argparse.Namespace) -> int:
     if not cases:
         raise ValueError(f"{args.input_dir}: no images found (.nii.gz, .nii, .nrrd, or case folders with imaging.nii.gz)")
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.output_dir, os.W_OK):
+        raise PermissionError(f"{args.output_dir}: output folder is not writable")
     cascade = Cascade(open_bundle(args), inference_options(args))
     rows = []
     for number, (name, path) in enumerate(cases.items(), start=1):
@@ -64,6 +67,8 @@ def run_batch(args: argparse.Namespace) -> int:
         else:
             logger.info("[%d/%d] %s: %s", number, len(cases), name, rows[-1]["status"])
     write_summary(args.output_dir / SUMMARY_NAME, rows)
+    if args.progress == "json":
+        print(json.dumps({"type": "done", "output": str(args.output_dir)}), flush=True)
     failed = [row for row in rows if row["status"] == "failed"]
     for row in failed:
         logger.error("failed: %s: %s", row["case"], row["error"])

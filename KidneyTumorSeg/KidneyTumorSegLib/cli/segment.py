@@ -4,21 +4,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
-import resource
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ..boxes import Box
 from ..bundle import ModelBundle, default_bundle_path, load_bundle
-from ..cascade import STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
+from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
+from ..geometry import WorkingFrame, working_frame_for
 from ..imageio import Image, OutputExistsError, atomic_output, image_suffix, read_image, write_label_map
 from ..measurements import measure
+from ..peak_memory import peak_rss_mb
 from ..report import box_from_json, box_json, stage1_json
 from ..settings import DEFAULT_SETTINGS, MethodSettings
-from ..validation import check_ct
+from ..validation import InputError, check_ct
 from .display import MODES, ProgressDisplay
 
 logger = logging.getLogger(__name__)
@@ -89,39 +92,72 @@ def open_bundle(args: argparse.Namespace) -> ModelBundle:
 
 
 def refuse_existing(paths: list[Path | None], overwrite: bool) -> None:
-    """Fail before any work when an output exists and ``--overwrite`` was not given."""
+    """Fail before any work when an output exists and ``--overwrite`` was not given, is a
+    folder, or its folder is missing or not writable."""
     for path in paths:
-        if path is not None and path.exists() and not overwrite:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a folder; give a file name")
+        if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
-        if path is not None and not path.parent.is_dir():
+        if not path.parent.is_dir():
             raise OSError(f"{path.parent}: output folder does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"{path.parent}: output folder is not writable")
+
+
+def stage1_plan(cascade: Cascade) -> list[str]:
+    """The models stage 1 runs, in order: stage 1, then the models refining its box."""
+    stage1 = cascade.settings.stage1
+    if not stage1.refine_enabled:
+        return ["stage1"]
+    if stage1.refine_with == "KT":
+        return ["stage1", "KT"]
+    return ["stage1", *(r for r in KIDNEY_ROLES if r in cascade.members)]
 
 
 def plan(cascade: Cascade, with_stage1: bool) -> list[str]:
-    """The models a run reports progress for, in order."""
-    return ["stage1"] * with_stage1 + [r for r in STAGE2_ORDER if r in cascade.members]
+    """The models a run reports progress for, in the order they run (the kidney models refine
+    stage 1's box before stage 2, which reuses their output)."""
+    first = stage1_plan(cascade) if with_stage1 else []
+    return first + [r for r in STAGE2_ORDER if r in cascade.members and r not in first]
 
 
 def read_checked_image(args: argparse.Namespace) -> Image:
+    """The ``image`` argument, read and checked (:class:`InputError` names the file)."""
     image = read_image(args.image)
-    check_ct(image, force=args.force)
+    try:
+        check_ct(image, force=args.force)
+    except InputError as error:
+        raise InputError(f"{args.image}: {error}") from None
     return image
 
 
-def crop_from_option(option: str | None, case: PreparedCase) -> Box | None:
-    """``--box``: None (run stage 1), 'full' (whole working frame) or a boxes JSON file."""
+def read_box_option(option: str | None) -> Any:
+    """``--box`` read before any work: None (run stage 1), "full", or the parsed boxes JSON."""
+    if option is None or option == "full":
+        return option
+    path = Path(option)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: box file not found") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: box file is not valid JSON ({error})") from None
+
+
+def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") -> Box | None:
+    """The working-frame crop of a :func:`read_box_option` result: None (run stage 1), the whole
+    frame ("full"), or the crop box of a boxes JSON (ValueError when malformed or outside)."""
     if option is None:
         return None
     if option == "full":
-        return Box.full(case.frame.shape)
-    path = Path(option)
+        return Box.full(frame.shape)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: box file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: box file is not valid JSON ({error})") from None
-    return box_from_json(data, case.frame)
+        return box_from_json(option, frame)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float) -> dict[str, Any]:
@@ -135,7 +171,7 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
         "measurements": measure(result.labels, case.image.affine),
         "seconds": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     return report
 
@@ -174,15 +210,31 @@ def check_output_name(path: Path) -> None:
         raise ValueError(f"{path}: output must end with .nii.gz, .nii, .nrrd or .seg.nrrd")
 
 
+def check_writers(output: Path | None, qa: Path | None) -> None:
+    """Fail before any work when an output needs an optional package that is not installed."""
+    if output is not None and output.name.lower().endswith(SEGMENTATION_OUTPUT):
+        try:
+            from ..mrml.segmentation_file import write_segmentation_file  # noqa: F401
+        except ImportError as error:
+            raise RuntimeError("writing .seg.nrrd needs slicer-core (pip install 'kidneytumorseg[mrml]')") from error
+    elif output is not None and image_suffix(output) == ".nrrd" and importlib.util.find_spec("nrrd") is None:
+        raise RuntimeError("writing .nrrd needs pynrrd (pip install 'kidneytumorseg[cli]')")
+    if qa is not None and importlib.util.find_spec("matplotlib") is None:
+        raise RuntimeError("--qa needs matplotlib (pip install 'kidneytumorseg[cli]')")
+
+
 def run_segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_output_name(args.output)
+    check_writers(args.output, args.qa)
     refuse_existing([args.output, args.report, args.qa], args.overwrite)
+    options = inference_options(args)
+    box = read_box_option(args.box)
     image = read_checked_image(args)
+    crop = crop_from_option(box, working_frame_for(image.array.shape, image.affine), f"--box {args.box}")
     bundle = open_bundle(args)
-    cascade = Cascade(bundle, inference_options(args))
+    cascade = Cascade(bundle, options)
     case = cascade.prepare(image)
-    crop = crop_from_option(args.box, case)
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
         result = cascade.segment(image, crop, display, case=case)
         report = segmentation_report(result, case, bundle, time.perf_counter() - start)
@@ -193,13 +245,14 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_locate(args: argparse.Namespace) -> int:
+    check_writers(None, args.qa)
     refuse_existing([args.output, args.qa], args.overwrite)
+    options = inference_options(args)
     image = read_checked_image(args)
     bundle = open_bundle(args)
-    cascade = Cascade(bundle, inference_options(args))
+    cascade = Cascade(bundle, options)
     case = cascade.prepare(image)
-    refiners = [r for r in ("K1", "K2") if r in cascade.members]
-    with ProgressDisplay(args.progress, ["stage1", *refiners], "locate") as display:
+    with ProgressDisplay(args.progress, stage1_plan(cascade), "locate") as display:
         stage1 = cascade.locate(case, display)
         with contextlib.ExitStack() as stack:
             output = stack.enter_context(atomic_output(args.output, args.overwrite))

@@ -45,7 +45,7 @@ def fill_measurements_table(node: Any, measurements: dict[str, Any]) -> Any:
         for c, value in enumerate(values, start=1):
             table.GetColumn(c).SetValue(r, round(value, 2))
     node.SetAndObserveTable(table)
-    node.SetUseColumnNameAsColumnHeader(True)
+    node.SetUseColumnTitleAsColumnHeader(True)
     node.SetLocked(True)
     return node
 

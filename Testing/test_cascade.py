@@ -1,0 +1,248 @@
+"""The cascade on tiny synthetic CTs: tiny random V-Nets for the plumbing, and intensity-threshold
+stand-in networks where the fused labels must come out exactly (SPEC §1 and §3)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.boxes import Box
+from KidneyTumorSegLib.bundle import ModelBundle, load_bundle
+from KidneyTumorSegLib.cascade import STAGE2_ORDER, TUMOR_2D_ROLES, Cascade, InferenceOptions
+from KidneyTumorSegLib.inference import Cancelled
+from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, MethodSettings
+from KidneyTumorSegLib.stage1 import NoKidneyFound, stage2_crop
+from synthetic_cases import ThresholdNet, image_in, normalized, phantom_ct, steered_bundle, working_affine
+
+torch.set_num_threads(1)
+
+SHAPE = (20, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All twelve models at width 2 (kidney patches 16 x 64 x 64); stage 1 marks the whole volume
+    and fixed landmarks."""
+    return steered_bundle(tmp_path_factory.mktemp("cascade") / "bundle", tuple(STAGE2_ORDER) + ("stage1",),
+                          {"stage1": 10.0}, heat=1.0, kidney_patch=(16, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_path: Path) -> ModelBundle:
+    return load_bundle(bundle_path)
+
+
+def _options(members: tuple[str, ...] | None = None, settings: MethodSettings = DEFAULT_SETTINGS) -> InferenceOptions:
+    return InferenceOptions(device="cpu", members=members, settings=settings)
+
+
+def _with(bundle: ModelBundle, networks: dict[str, torch.nn.Module]) -> ModelBundle:
+    """A copy of ``bundle`` with some networks replaced by role (the module fixture stays untouched)."""
+    return dataclasses.replace(bundle, networks={**bundle.networks, **networks})
+
+
+def _recording(cascade: Cascade) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Record every model run of ``cascade`` as (role, stage, input shape)."""
+    calls: list[tuple[str, str, tuple[int, ...]]] = []
+    run_3d, run_2d = cascade._run_3d, cascade._run_2d
+
+    def record_3d(role, volume, output, report, stage, cancel):
+        calls.append((role, stage, volume.shape))
+        return run_3d(role, volume, output, report, stage, cancel)
+
+    def record_2d(role, volume, report, cancel):
+        calls.append((role, "stage2", volume.shape))
+        return run_2d(role, volume, report, cancel)
+
+    cascade._run_3d, cascade._run_2d = record_3d, record_2d
+    return calls
+
+
+def _settings(**groups: dict) -> MethodSettings:
+    return dataclasses.replace(DEFAULT_SETTINGS, **{
+        name: dataclasses.replace(getattr(DEFAULT_SETTINGS, name), **changes) for name, changes in groups.items()})
+
+
+# ---------------------------------------------------------------- plumbing with random networks
+
+
+@pytest.mark.parametrize("orientation", ["IPL", "RAS", "oblique"])
+def test_labels_come_back_on_the_input_grid(bundle_path: Path, orientation: str) -> None:
+    image = image_in(phantom_ct(SHAPE), orientation)
+    two_models = load_bundle(bundle_path, roles=("stage1", "KT"))
+    assert two_models.roles == ("stage1", "KT")
+    result = Cascade(two_models, _options()).segment(image)
+    assert result.labels.shape == image.array.shape and result.labels.dtype == np.uint8
+    assert set(np.unique(result.labels)) <= {0, 1, 2}
+    assert result.models == ("stage1", "KT")
+    assert result.stage1 is not None and result.stage1.refined_box is None  # no kidney models: no refinement
+    assert result.crop_box == result.stage1.crop_box
+    outside = np.ones(result.labels_working.shape, bool)
+    outside[result.crop_box.slices] = False
+    assert not result.labels_working[outside].any()
+
+
+def test_the_whole_twelve_model_ensemble_runs(bundle: ModelBundle) -> None:
+    image = image_in(phantom_ct(SHAPE), "IPL")
+    cascade = Cascade(bundle, _options())
+    calls = _recording(cascade)
+    result = cascade.segment(image)
+    assert result.models == ("stage1", *STAGE2_ORDER) and len(result.models) == 12
+    assert {role for role, _, _ in calls} == set(result.models)
+    assert set(STAGE2_ORDER) <= set(result.timings)
+    assert result.labels.shape == SHAPE and set(np.unique(result.labels)) <= {0, 1, 2}
+    # Stage 1 saw the x4 grid of the working frame, the others the crop.
+    assert calls[0] == ("stage1", "stage1", (5, 16, 16))
+    assert all(shape == result.crop_box.size for _, stage, shape in calls if stage == "stage2")
+
+
+def test_members_restrict_the_ensemble(bundle: ModelBundle) -> None:
+    cascade = Cascade(bundle, _options(members=("T-vnet", "T2D-ax-dice")))
+    assert cascade.members == ("KT", "T-vnet", "T2D-ax-dice")  # KT always runs
+    calls = _recording(cascade)
+    crop = Box((2, 10, 10), (17, 53, 53))
+    result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=crop)
+    assert [role for role, _, _ in calls] == ["KT", "T-vnet", "T2D-ax-dice"]
+    assert result.models == ("KT", "T-vnet", "T2D-ax-dice")
+    with pytest.raises(ValueError, match="unknown ensemble members: T9"):
+        Cascade(bundle, _options(members=("T9",)))
+
+
+def test_a_given_crop_skips_stage_1(bundle: ModelBundle) -> None:
+    cascade = Cascade(bundle, _options(members=("KT",)))
+    calls = _recording(cascade)
+    crop = Box((3, 12, 20), (15, 50, 45))
+    result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=crop)
+    assert calls == [("KT", "stage2", crop.size)]
+    assert result.stage1 is None and result.crop_box == crop and result.models == ("KT",)
+    outside = np.ones(SHAPE, bool)
+    outside[crop.slices] = False
+    assert not result.labels_working[outside].any()
+
+
+def test_cancel_raises_and_returns_nothing(bundle: ModelBundle) -> None:
+    image = image_in(phantom_ct(SHAPE), "IPL")
+    cascade = Cascade(bundle, _options(members=("KT",)))
+    calls = _recording(cascade)
+    with pytest.raises(Cancelled):
+        cascade.segment(image, cancel=lambda: True)
+    assert [role for role, _, _ in calls] == ["stage1"]
+    polls = []
+
+    def cancel_in_stage_2() -> bool:  # polls: stage 1's one patch, before stage 2, KT's first patch
+        polls.append(1)
+        return len(polls) > 2
+
+    calls.clear()
+    with pytest.raises(Cancelled):
+        cascade.segment(image, cancel=cancel_in_stage_2)
+    assert [role for role, _, _ in calls] == ["stage1", "KT"]
+
+
+def test_no_kidney_found_through_the_cascade(bundle: ModelBundle) -> None:
+    blind = _with(bundle, {"stage1": ThresholdNet(low=5.0, channels=5, heat=0.0)})
+    with pytest.raises(NoKidneyFound, match="--box full"):
+        Cascade(blind, _options(members=("KT",))).segment(image_in(phantom_ct(SHAPE), "IPL"))
+
+
+# ---------------------------------------------------------------- stage 1 refinement in the cascade
+
+
+def test_kidney_probabilities_of_the_refinement_are_reused_in_stage_2(bundle: ModelBundle) -> None:
+    everywhere = _with(bundle, {"K1": ThresholdNet(low=-1.0), "K2": ThresholdNet(low=-1.0)})
+    cascade = Cascade(everywhere, _options(members=("K1", "K2")))
+    calls = _recording(cascade)
+    result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"))
+    assert result.stage1.refined_box is None  # the kidney fills the box: kept
+    region = stage2_crop(result.stage1.chosen_box, SHAPE)
+    assert result.crop_box == region
+    assert [(role, stage) for role, stage, _ in calls] == [
+        ("stage1", "stage1"), ("K1", "stage1"), ("K2", "stage1"), ("KT", "stage2")]
+    assert everywhere.networks["K1"].calls == everywhere.networks["K2"].calls == 1
+
+
+def test_refinement_with_the_kt_model(bundle: ModelBundle) -> None:
+    ct = phantom_ct(SHAPE, tumor=False)
+    ct[ct == 150] = 110  # both kidneys at 0.62 ...
+    ct[5:15, 16:48, 40:56] = 150  # ... but the left one at 0.7: stage 1 sees two, KT one
+    stage1 = ThresholdNet(low=normalized(90), channels=5, heat=0.0)
+    kt = ThresholdNet(low=normalized(130))
+    cascade = Cascade(_with(bundle, {"stage1": stage1, "KT": kt, "K1": ThresholdNet(low=-1.0)}),
+                      _options(members=("K1",), settings=_settings(stage1={"refine_with": "KT"})))
+    calls = _recording(cascade)
+    result = cascade.segment(image_in(ct, "IPL"))
+    left = Box((5, 16, 40), (14, 47, 55))
+    assert result.stage1.segmentation_box == Box((4, 16, 8), (15, 47, 55))
+    assert result.stage1.refined_box == left
+    assert result.crop_box == stage2_crop(left, SHAPE)
+    assert [(role, stage) for role, stage, _ in calls][:2] == [("stage1", "stage1"), ("KT", "stage1")]
+    assert ("K1", "stage1") not in [(role, stage) for role, stage, _ in calls]
+    disabled = Cascade(_with(bundle, {"stage1": stage1, "KT": kt}),
+                       _options(members=("KT",), settings=_settings(stage1={"refine_with": "KT", "refine_enabled": False})))
+    assert disabled.segment(image_in(ct, "IPL")).stage1.refined_box is None
+
+
+# ---------------------------------------------------------------- fusion wiring (SPEC §3)
+
+# Regions of one test CT ([y, x] squares over slices 4..15) with the HU each holds and the label
+# each must get: by default, and in strict consensus mode.
+REGIONS = {
+    "kidney": (150, (8, 8), 12, 1, 1),  # KT and K
+    "tumor by T-vnet": (250, (8, 24), 12, 2, 2),
+    "tumor by T-unet": (270, (8, 40), 12, 2, 2),
+    "tumor by 4 of 6 2D nets": (230, (24, 8), 12, 2, 2),  # mean 4/6 >= 0.5
+    "2 of 6 2D nets": (210, (40, 40), 12, 1, 0),  # mean 2/6 < 0.5: KT only
+    "KT only": (110, (24, 24), 12, 1, 0),
+    "small tumor": (250, (40, 8), 5, 1, 1),  # 25 px per slice <= 64: becomes kidney
+    "T without KT": (290, (40, 24), 12, 0, 0),
+}
+
+
+def _fusion_ct() -> np.ndarray:
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[:, 2:62, 2:62] = 0
+    for hu, (y, x), size, _, _ in REGIONS.values():
+        ct[4:16, y:y + size, x:x + size] = hu
+    return ct
+
+
+def _fusion_networks() -> dict[str, torch.nn.Module]:
+    n = normalized
+    nets = {"KT": ThresholdNet(n(100), n(280)), "K1": ThresholdNet(n(140), n(160)), "K2": ThresholdNet(n(140), n(160)),
+            "T-vnet": ThresholdNet(n(240), n(260)), "T-unet": ThresholdNet(n(260), n(295))}
+    for number, role in enumerate(TUMOR_2D_ROLES):  # four fire at 230 HU, two at 210 HU
+        nets[role] = ThresholdNet(n(220), n(240)) if number < 4 else ThresholdNet(n(200), n(220))
+    return nets
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_fusion_of_the_ensemble(bundle: ModelBundle, strict: bool) -> None:
+    fake = _with(bundle, _fusion_networks())
+    settings = _settings(fusion={"kt_only_label": 0}) if strict else DEFAULT_SETTINGS
+    result = Cascade(fake, _options(settings=settings)).segment(image_in(_fusion_ct(), "IPL"), crop=Box.full(SHAPE))
+    assert result.labels.shape == SHAPE
+    expected = np.zeros(SHAPE, np.uint8)
+    for name, (_, (y, x), size, default_label, strict_label) in REGIONS.items():
+        region = result.labels[4:16, y:y + size, x:x + size]
+        label = strict_label if strict else default_label
+        assert np.all(region == label), f"{name}: {np.unique(region)} instead of {label}"
+        expected[4:16, y:y + size, x:x + size] = label
+    np.testing.assert_array_equal(result.labels, expected)  # nothing anywhere else
+
+
+def test_tumor_clean_up_threshold_is_the_setting(bundle: ModelBundle) -> None:
+    fake = _with(bundle, _fusion_networks())
+    settings = _settings(fusion={"min_tumor_component_pixels": 24})
+    labels = Cascade(fake, _options(settings=settings)).segment(image_in(_fusion_ct(), "IPL"), crop=Box.full(SHAPE)).labels
+    assert np.all(labels[4:16, 40:45, 8:13] == 2)  # 25 px > 24: kept
+
+
+def test_working_affine_is_the_working_frame() -> None:
+    from KidneyTumorSegLib.geometry import working_frame_for
+
+    frame = working_frame_for(SHAPE, working_affine())
+    assert frame.shape == SHAPE
+    np.testing.assert_allclose(frame.affine, working_affine(), atol=1e-9)

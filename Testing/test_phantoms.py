@@ -1,0 +1,214 @@
+"""Phantom CTs around real KiTS19 masks (training_tools.phantoms) and the `phantoms` command."""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from training_tools import cli
+from training_tools.phantom_kidney import TUMOR_KINDS, draw_kidney_look, inner_depth
+from training_tools.phantom_tissues import Contrast, Tissue, measured_hu
+from training_tools.phantoms import (
+    _progress,
+    case_name,
+    case_seed,
+    find_masks,
+    make_phantom,
+    make_phantom_case,
+    make_phantom_with_info,
+)
+
+DATA = Path(__file__).parent / "Data" / "kits19"
+SMALL = DATA / "case_00015.nii.gz"  # 3 mm, cropped around both kidneys, uint16 on disk
+WHOLE = DATA / "case_00030.nii.gz"  # 5 mm, whole 512 x 512 slices, very large tumor
+THIN = DATA / "case_00005.nii.gz"  # 0.5 mm, one kidney, cropped
+
+
+def _load(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj).astype(np.uint8), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _load(SMALL)
+
+
+@pytest.fixture(scope="module")
+def whole():
+    labels, spacing = _load(WHOLE)
+    hu, info = make_phantom_with_info(labels, spacing, np.random.default_rng(case_seed(7, "case_00030")))
+    return labels, spacing, hu, info
+
+
+def test_same_seed_same_bytes_other_seed_differs(small):
+    labels, spacing = small
+    first = make_phantom(labels, spacing, np.random.default_rng(11))
+    again = make_phantom(labels, spacing, np.random.default_rng(11))
+    other = make_phantom(labels, spacing, np.random.default_rng(12))
+    assert first.dtype == np.int16 and first.shape == labels.shape
+    assert first.tobytes() == again.tobytes()
+    assert np.abs(first.astype(np.int32) - other).mean() > 5.0
+
+
+def test_case_seed_depends_on_seed_and_name_only():
+    def state(seed: int, name: str) -> list[int]:
+        return case_seed(seed, name).generate_state(2).tolist()
+
+    assert state(3, "case_00001") == state(3, "case_00001")
+    assert state(3, "case_00001") != state(3, "case_00002")
+    assert state(3, "case_00001") != state(4, "case_00001")
+
+
+def _coarse_hu(hu: np.ndarray, info, tissue: Tissue) -> np.ndarray:
+    """Phantom HU at coarse samples of one tissue whose 6 neighbours are the same tissue."""
+    t = info.anatomy.tissue
+    same = t == tissue
+    inner = same.copy()
+    for axis in range(3):
+        inner[tuple(slice(1, -1) if a == axis else slice(None) for a in range(3))] &= (
+            same[tuple(slice(2, None) if a == axis else slice(None) for a in range(3))]
+            & same[tuple(slice(None, -2) if a == axis else slice(None) for a in range(3))]
+        )
+    idx = [i * f for i, f in zip(np.nonzero(inner), info.anatomy.factors)]
+    keep = np.all([i < n for i, n in zip(idx, hu.shape)], axis=0)
+    return hu[tuple(i[keep] for i in idx)].astype(np.float64)
+
+
+def test_hu_ranges_per_region(whole):
+    labels, spacing, hu, info = whole
+    fat = _coarse_hu(hu, info, Tissue.FAT)
+    assert abs(np.median(fat) - measured_hu()["fat"]["mean"]) < 15.0
+    assert np.median(_coarse_hu(hu, info, Tissue.CORTICAL)) > 200.0
+    assert np.median(_coarse_hu(hu, info, Tissue.GAS)) < -500.0
+    assert np.median(_coarse_hu(hu, info, Tissue.AIR)) < -500.0
+    assert abs(np.median(_coarse_hu(hu, info, Tissue.LIVER)) - measured_hu()["liver"]["mean"]) < 80.0
+    cortex = (labels == 1) & (inner_depth(labels > 0, spacing) < info.look.cortex_mm - 1.0)
+    assert hu[cortex].mean() > np.median(fat) + 200.0
+    assert hu.min() >= -1024 and hu.max() <= 3071
+
+
+def test_anatomy_is_placed_around_the_kidneys(whole):
+    _, _, _, info = whole
+    anatomy = info.anatomy
+    canvas, layout = anatomy.canvas, anatomy.layout
+    right, left = layout.side("right")[0], layout.side("left")[0]
+
+    def centre(tissue: Tissue) -> np.ndarray:
+        idx = np.nonzero(anatomy.tissue == tissue)
+        return np.array([canvas.z[idx[0]].mean(), canvas.y[idx[1]].mean(), canvas.x[idx[2]].mean()])
+
+    spine, canal = centre(Tissue.CANCELLOUS), centre(Tissue.CANAL)
+    assert right[2] < spine[2] < left[2] and abs(canal[2]) < 5.0  # midline, between the kidneys
+    assert canal[1] > spine[1] - 40.0  # canal behind the vertebral bodies
+    assert centre(Tissue.LIVER)[2] < 0 < centre(Tissue.SPLEEN)[2]  # liver patient-right, spleen left
+    assert centre(Tissue.LIVER)[0] < right[0]  # liver above the right kidney's centre
+    assert centre(Tissue.AORTA)[1] < spine[1] and centre(Tissue.IVC)[2] < centre(Tissue.AORTA)[2]
+    assert centre(Tissue.GAS)[1] < 0  # bowel gas anterior
+    body = anatomy.tissue != Tissue.AIR
+    assert body.sum() > 0.3 * body.size
+
+
+def _assert_same_geometry(mask: Path, case_dir: Path) -> None:
+    source, imaging = nib.load(str(mask)), nib.load(str(case_dir / "imaging.nii.gz"))
+    segmentation = nib.load(str(case_dir / "segmentation.nii.gz"))
+    assert imaging.shape == segmentation.shape == source.shape
+    assert np.allclose(imaging.affine, source.affine) and np.allclose(segmentation.affine, source.affine)
+    assert imaging.get_data_dtype() == np.int16 and segmentation.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(segmentation.dataobj), np.asarray(source.dataobj))
+    assert sorted(p.name for p in case_dir.iterdir()) == ["imaging.nii.gz", "segmentation.nii.gz"]
+
+
+def test_geometry_equals_the_mask(tmp_path):
+    _assert_same_geometry(THIN, make_phantom_case(THIN, tmp_path, seed=1))
+
+
+def test_other_orientations_are_turned_to_kits_axes_and_back(tmp_path):
+    img = nib.load(str(SMALL))
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    flip[:3, 3] = [0, img.shape[1] - 1, img.shape[2] - 1]
+    flipped = nib.Nifti1Image(np.asarray(img.dataobj)[:, ::-1, ::-1], img.affine @ flip, img.header.copy())
+    assert nib.aff2axcodes(flipped.affine) == ("I", "A", "R")
+    (tmp_path / "in").mkdir()
+    nib.save(flipped, str(tmp_path / "in" / "case_00015.nii.gz"))
+    straight = make_phantom_case(SMALL, tmp_path / "a", seed=2)
+    turned = make_phantom_case(tmp_path / "in" / "case_00015.nii.gz", tmp_path / "b", seed=2)
+    a = np.asarray(nib.load(str(straight / "imaging.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(turned / "imaging.nii.gz")).dataobj)
+    assert np.array_equal(a, b[:, ::-1, ::-1])
+
+
+def test_tumor_kinds_vary_and_isodense_stays_subtle():
+    rng = np.random.default_rng(0)
+    looks = [draw_kidney_look(Contrast(rng.uniform(), 1.0), rng) for _ in range(300)]
+    assert {look.tumor_kind for look in looks} == set(TUMOR_KINDS)
+    assert any(look.necrosis_hu is not None for look in looks)
+    for look in looks:
+        assert 140.0 < look.cortex_hu < 220.0
+        if look.tumor_kind == "isodense":
+            parenchyma = 0.6 * look.cortex_hu + 0.4 * look.medulla_hu
+            assert 10.0 <= abs(look.tumor_hu - parenchyma) <= 25.0
+
+
+def test_tumor_differs_from_kidney_in_some_seeds(small):
+    labels, spacing = small
+    differences = []
+    for seed in range(4):
+        hu = make_phantom(labels, spacing, np.random.default_rng(seed)).astype(np.float64)
+        differences.append(hu[labels == 2].mean() - hu[labels == 1].mean())
+    assert max(abs(d) for d in differences) > 30.0
+    assert len({round(d) for d in differences}) == len(differences)
+
+
+def _mask_folders(tmp_path: Path) -> tuple[Path, Path]:
+    files, folders = tmp_path / "files", tmp_path / "folders"
+    files.mkdir()
+    (folders / "case_00015").mkdir(parents=True)
+    shutil.copyfile(SMALL, files / "case_00015.nii.gz")
+    shutil.copyfile(SMALL, folders / "case_00015" / "segmentation.nii.gz")
+    return files, folders
+
+
+def test_cli_writes_kits_layout_from_both_mask_layouts(tmp_path):
+    files, folders = _mask_folders(tmp_path)
+    assert find_masks(files) == [files / "case_00015.nii.gz"]
+    assert case_name(find_masks(folders)[0]) == "case_00015"
+    assert cli.main(["phantoms", "--masks", str(files), "--out", str(tmp_path / "a"), "--seed", "5"]) == 0
+    assert cli.main(["phantoms", "--masks", str(folders), "--out", str(tmp_path / "b"), "--seed", "5"]) == 0
+    images = [np.asarray(nib.load(str(tmp_path / d / "case_00015" / "imaging.nii.gz")).dataobj) for d in "ab"]
+    assert np.array_equal(*images)
+    _assert_same_geometry(SMALL, tmp_path / "a" / "case_00015")
+
+
+def test_cli_refuses_to_overwrite_unless_asked(tmp_path, caplog):
+    files, _ = _mask_folders(tmp_path)
+    out = tmp_path / "out"
+    (out / "case_00015").mkdir(parents=True)
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["phantoms", "--masks", str(files), "--out", str(out)]) == 1
+    assert "--overwrite" in caplog.text
+    assert not (out / "case_00015" / "imaging.nii.gz").exists()
+    assert cli.main(["phantoms", "--masks", str(files), "--out", str(out), "--overwrite", "--cases", "1"]) == 0
+    assert (out / "case_00015" / "imaging.nii.gz").exists()
+    assert cli.main(["phantoms", "--masks", str(tmp_path / "empty"), "--out", str(out)]) == 1
+
+
+def test_cli_help_lists_phantoms(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "phantoms" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["phantoms", "--help"])
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_progress_falls_back_to_logging_without_tqdm(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with caplog.at_level(logging.INFO):
+        assert list(_progress([Path("case_00001.nii.gz")], True)) == [Path("case_00001.nii.gz")]
+    assert "phantom 1/1: case_00001" in caplog.text

@@ -1,0 +1,101 @@
+"""Losses, the poly schedule and the twelve configurations against their definitions in SPEC §2."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training_tools.configs import all_configs, load_config, parse_override, preset_names
+from training_tools.losses import bce_loss, dice_loss, total_loss, wmse_loss
+from training_tools.schedule import poly_lr
+
+
+def _logits(probabilities: list[float]) -> torch.Tensor:
+    p = torch.tensor(probabilities, dtype=torch.float64)
+    return torch.log(p / (1 - p)).reshape(1, 1, -1)
+
+
+def _t(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).reshape(1, 1, -1)
+
+
+def test_dice_loss_is_one_minus_smoothed_soft_dice():
+    # p = (0.8, 0.2, 0.6, 0.4), t = (1, 0, 1, 0): Σpt = 1.4, Σp = 2, Σt = 2 -> 1 - (2.8 + 1) / (4 + 1)
+    loss = dice_loss(_logits([0.8, 0.2, 0.6, 0.4]), _t([1, 0, 1, 0]))
+    assert loss.item() == pytest.approx(0.24, abs=1e-6)
+    # Empty target and (almost) empty prediction: no loss.
+    assert dice_loss(torch.full((1, 1, 8), -30.0), torch.zeros(1, 1, 8)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bce_loss_is_the_mean_cross_entropy():
+    loss = bce_loss(_logits([0.8, 0.2, 0.6, 0.4]), _t([1, 0, 1, 0]))
+    assert loss.item() == pytest.approx(-(2 * math.log(0.8) + 2 * math.log(0.6)) / 4, rel=1e-6)
+
+
+def test_wmse_weights_positive_voxels_by_their_target_sum_and_the_rest_by_their_count():
+    # t > 0: (0.5 - 1)² + (0.2 - 0.5)² = 0.34 over Σt = 1.5; t ≤ 0: 0² + 0.3² = 0.09 over N = 2
+    loss = wmse_loss(_t([0.5, 0.2, 0.0, 0.3]), _t([1.0, 0.5, 0.0, 0.0]))
+    assert loss.item() == pytest.approx((0.34 / 1.5 + 0.09 / 2) / 2, rel=1e-6)
+
+
+def test_wmse_with_an_all_zero_target_keeps_only_the_count_term():
+    loss = wmse_loss(_t([0.2, 0.4]), _t([0.0, 0.0]))
+    assert loss.item() == pytest.approx((0.0 + (0.04 + 0.16) / 2) / 2, rel=1e-6)
+
+
+def test_wmse_with_no_zero_target_keeps_only_the_weighted_term():
+    loss = wmse_loss(_t([0.0, 0.0]), _t([0.5, 1.0]))
+    assert loss.item() == pytest.approx((1.25 / 1.5 + 0.0) / 2, rel=1e-6)
+
+
+def test_total_loss_adds_wmse_to_the_segmentation_loss():
+    logits, seg, reg_pred, reg_target = _logits([0.8, 0.2]), _t([1, 0]), _t([0.5, 0.0]), _t([1.0, 0.0])
+    total, parts = total_loss(logits, reg_pred, seg, reg_target, "bce")
+    assert total.item() == pytest.approx(bce_loss(logits, seg).item() + wmse_loss(reg_pred, reg_target).item(), rel=1e-6)
+    assert set(parts) == {"loss", "seg_loss", "reg_loss"}
+
+
+def test_poly_schedule_values():
+    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert poly_lr(1e-4, 90, 100) == pytest.approx(1e-4 * 0.1 ** 0.9)
+    assert poly_lr(1e-4, 100, 100) == 0.0
+
+
+# SPEC §2, written out: role -> (learning rate, segmentation loss, training patch).
+SPEC_TABLE = {
+    "stage1": (1e-4, "dice", (16, 64, 64)),
+    "KT": (1e-4, "dice", (32, 128, 128)),
+    "K1": (1e-4, "dice", (32, 128, 128)),
+    "K2": (1e-4, "dice", (32, 128, 128)),
+    "T-vnet": (1e-3, "dice", (32, 64, 64)),
+    "T-unet": (1e-3, "dice", (32, 64, 64)),
+    **{f"T2D-{a}-{loss}": (1e-3, loss, (256, 256)) for loss in ("dice", "bce") for a in ("ax", "co", "sa")},
+}
+
+
+@pytest.mark.parametrize("preset", ["paper", *preset_names()])
+def test_every_config_of_every_preset_follows_spec_lr_loss_and_patch(preset):
+    configs = all_configs(preset)
+    assert list(configs) == list(SPEC_TABLE)
+    for role, config in configs.items():
+        lr, loss, patch = SPEC_TABLE[role]
+        assert config.learning_rate == lr
+        assert config.segmentation_loss == loss
+        assert config.effective_patch_size == patch
+        assert config.weight_decay == 5e-4 and config.poly_power == 0.9
+        assert config.spec_deviations() == []
+        assert config.iterations >= 1 and config.batch_size >= 1 and config.base_channels >= 1
+
+
+def test_demo_presets_reduce_the_width_and_overrides_apply_last():
+    paper = all_configs("paper")
+    for preset in ("demo-cpu", "demo-gpu"):
+        for role, config in all_configs(preset).items():
+            assert config.base_channels < paper[role].base_channels
+    config = load_config("K2", "demo-cpu", dict([parse_override("iterations=7"), parse_override("patch_size=[16,32,32]")]))
+    assert config.iterations == 7 and config.effective_patch_size == (16, 32, 32)
+    assert config.spec_deviations() == ["patch (16, 32, 32) (SPEC (32, 128, 128))"]
+    with pytest.raises(ValueError, match="unknown config fields"):
+        load_config("KT", None, {"iteration": 3})

@@ -1,0 +1,162 @@
+"""The patch samplers against SPEC §2, on a synthetic case whose boxes are known by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.boxes import Box
+from KidneyTumorSegLib.networks.registry import ROLES
+from training_tools.augment import Augmentation
+from training_tools.samplers import (
+    Stage1Sampler,
+    StridePatchSampler,
+    TumorPatchSampler,
+    TumorSliceSampler,
+    make_sampler,
+    random_start,
+    read_window,
+    stride_counts,
+    stride_positions,
+    stride_starts,
+)
+from training_helpers import CROP_SHAPE, CROP_START, TUMOR_CROP_SIZE, TUMOR_CROP_START, write_synthetic_case
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return write_synthetic_case(tmp_path_factory.mktemp("cache"), "case_00000")
+
+
+def test_cached_crop_is_the_ground_truth_box_grown_by_16_128_128(case):
+    assert case.crop_box == Box(CROP_START, tuple(s + n - 1 for s, n in zip(CROP_START, CROP_SHAPE)))
+    assert case.labels.shape == CROP_SHAPE
+    assert case.tumor_crop_box == Box(TUMOR_CROP_START, tuple(s + n - 1 for s, n in zip(TUMOR_CROP_START, TUMOR_CROP_SIZE)))
+
+
+def test_read_window_zero_pads_outside_the_array_and_the_limit():
+    array = np.arange(1, 5 * 6 + 1, dtype=np.float32).reshape(5, 6)
+    window = read_window(array, (-1, 4), (3, 4))
+    expected = np.zeros((3, 4), np.float32)
+    expected[1:, :2] = array[0:2, 4:6]
+    np.testing.assert_array_equal(window, expected)
+    limited = read_window(array, (0, 0), (5, 6), limit=Box((1, 1, 1), (1, 2, 3)))
+    assert np.count_nonzero(limited) == 2 * 3 and limited[1, 1] == array[1, 1] and limited[0, 0] == 0
+
+
+def test_random_start_stays_inside_or_places_a_short_extent_inside_the_window():
+    rng = np.random.default_rng(0)
+    inside = {random_start(rng, 100, 64) for _ in range(500)}
+    assert min(inside) == 0 and max(inside) == 36
+    padded = {random_start(rng, 40, 64) for _ in range(500)}
+    assert min(padded) == -24 and max(padded) == 0
+
+
+def test_stride_grid_has_exactly_200_evenly_spaced_patches_covering_the_crop():
+    positions = stride_positions(CROP_SHAPE, (32, 128, 128), 200)
+    assert positions.shape == (200, 3)
+    assert stride_counts(CROP_SHAPE, (32, 128, 128), 200) == (1, 8, 25)
+    assert len({tuple(p) for p in positions}) == 200
+    for axis, (length, patch) in enumerate(zip(CROP_SHAPE, (32, 128, 128))):
+        starts = np.unique(positions[:, axis])
+        if length <= patch:  # z: 30 < 32 -> one centred position, zero-padded
+            assert starts.tolist() == [(length - patch) // 2]
+            continue
+        assert starts[0] == 0 and starts[-1] == length - patch  # first and last patch touch the crop's ends
+        steps = np.diff(starts)
+        assert steps.max() - steps.min() <= 1  # a regular grid (up to rounding)
+        assert steps.max() <= patch  # no gap between neighbouring patches
+
+
+def test_stride_starts_and_counts_rules():
+    assert stride_starts(10, 4, 3).tolist() == [0, 3, 6]
+    assert stride_starts(3, 4, 2).tolist() == [-1, -1]
+    assert int(np.prod(stride_counts((200, 400, 400), (32, 128, 128), 200))) == 200
+
+
+def test_kt_and_k_samplers_give_the_200_stride_patches_with_their_targets(case):
+    for role, label_set in (("KT", (1, 2)), ("K1", (1,)), ("K2", (1,))):
+        sampler = make_sampler(ROLES[role])
+        assert isinstance(sampler, StridePatchSampler) and sampler.patch == (32, 128, 128)
+        assert sampler.count(case) == 200
+        start = sampler.positions(case)[57]
+        image, seg, reg = sampler.sample(case, 57, np.random.default_rng(0))
+        assert image.shape == seg.shape == reg.shape == (1, 32, 128, 128)
+        window = tuple(slice(s, s + n) for s, n in zip(np.maximum(start, 0), (32, 128, 128)))
+        labels = case.labels[window]
+        inner = (slice(1, 31), slice(None), slice(None))  # z start -1: first slice and last (30) are padding
+        np.testing.assert_array_equal(seg[0][inner], np.isin(labels, label_set))
+        np.testing.assert_array_equal(image[0][inner], case.image[window].astype(np.float32))
+        assert not image[0, 0].any() and not image[0, 31].any()
+        channel = 0 if role == "KT" else 1
+        np.testing.assert_array_equal(reg[0][inner], case.boundary[channel][window].astype(np.float32))
+
+
+def test_tumor_sampler_draws_100_random_patches_inside_the_expanded_tumor_box(case):
+    sampler = make_sampler(ROLES["T-vnet"])
+    assert isinstance(sampler, TumorPatchSampler) and sampler.patch == (32, 64, 64)
+    assert sampler.count(case) == 100
+    box_voxels = int(np.prod(TUMOR_CROP_SIZE))
+    rng = np.random.default_rng(1)
+    offsets = set()
+    for index in range(100):
+        image, seg, reg = sampler.sample(case, index, rng)
+        assert image.shape == seg.shape == reg.shape == (1, 32, 64, 64)
+        # The box (12 x 26 x 28) is smaller than the patch: all of it lies in the patch, the rest is 0.
+        assert np.count_nonzero(image) == box_voxels
+        assert seg.sum() == 4 * 10 * 12  # the whole tumor, never kidney
+        assert np.count_nonzero(reg) <= box_voxels
+        offsets.add(tuple(np.argwhere(image[0])[0]))
+    assert len(offsets) > 50  # random placements
+
+
+def test_tumor_sampler_skips_cases_without_tumor(tmp_path):
+    from training_helpers import write_synthetic_case as write
+
+    case = write(tmp_path, "case_00001")
+    case.meta["tumor_crop_box"] = None
+    assert TumorPatchSampler().count(case) == 0
+
+
+def test_2d_samplers_use_only_tumor_slices_cropped_or_padded_to_256(case):
+    expected_slices = {"axial": list(range(12, 16)), "coronal": list(range(74, 84)), "sagittal": list(range(70, 82))}
+    for role in ("T2D-ax-dice", "T2D-co-dice", "T2D-sa-bce"):
+        sampler = make_sampler(ROLES[role])
+        assert isinstance(sampler, TumorSliceSampler)
+        assert case.tumor_slices(sampler.axis) == expected_slices[sampler.axis]
+        assert sampler.count(case) == len(expected_slices[sampler.axis])
+        rng = np.random.default_rng(2)
+        for index in range(sampler.count(case)):
+            image, seg, reg = sampler.sample(case, index, rng)
+            assert image.shape == seg.shape == reg.shape == (1, 256, 256)
+            assert seg.sum() > 0  # every sample holds tumor
+    # Axial slices are 168 x 300: y zero-padded to 256, x a random 256 window -> 168 x 256 real pixels.
+    image, seg, _ = TumorSliceSampler("axial").sample(case, 0, np.random.default_rng(3))
+    assert np.count_nonzero(image) == 168 * 256
+    assert seg.sum() == 10 * 12
+
+
+def test_stage1_sampler_draws_random_16_64_64_patches_of_the_x4_grid(case):
+    sampler = make_sampler(ROLES["stage1"])
+    assert isinstance(sampler, Stage1Sampler) and sampler.patch == (16, 64, 64) and sampler.count(case) == 100
+    down = case.image_down.shape
+    assert down == (10, 55, 75)  # ceil(40 / 4), ceil(220 / 4), ceil(300 / 4)
+    for index in range(20):
+        image, seg, reg = sampler.sample(case, index, np.random.default_rng(index))
+        assert image.shape == seg.shape == (1, 16, 64, 64) and reg.shape == (5, 16, 64, 64)
+        assert np.count_nonzero(image) == 10 * 55 * 64  # z and y padded, x a window of the whole volume
+        replay = np.random.default_rng(index)
+        start = [random_start(replay, n, p) for n, p in zip(down, (16, 64, 64))]
+        np.testing.assert_array_equal(seg[0], read_window(case.foreground_down, start, (16, 64, 64)))
+        np.testing.assert_array_equal(reg, read_window(case.landmarks_down, start, (16, 64, 64)))
+        assert reg.max() <= 1.0
+
+
+def test_augmentation_is_off_by_default_and_flips_landmark_channels():
+    from training_tools.configs import all_configs
+
+    assert all(c.augmentation is None for c in all_configs().values())
+    image = np.zeros((1, 2, 2, 4), np.float32)
+    reg = np.stack([np.full((2, 2, 4), c, np.float32) for c in range(5)])
+    reg[:, :, :, 0] += 10
+    _, _, flipped = Augmentation(scale=0, shift=0, noise=0, flip_x=1.0)((image, image.copy(), reg), np.random.default_rng(0))
+    assert flipped[0, 0, 0, 3] == 12 and flipped[2, 0, 0, 3] == 10  # left <-> right swapped and mirrored

@@ -1,0 +1,116 @@
+"""Training: two-process DDP on the CPU (gloo) that checkpoints and resumes, exact resume, export round trip."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from KidneyTumorSegLib.bundle import load_bundle
+from training_tools.configs import load_config
+from training_tools.export import export_bundle
+from training_tools.logs import read_log
+from training_tools.train import TrainOptions, train
+from training_helpers import write_synthetic_case
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+TINY = {"base_channels": 2, "iterations": 4, "batch_size": 1, "checkpoint_interval": 2, "val_interval": 2,
+        "log_interval": 1, "val_samples_per_case": 1}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    for index, shift in enumerate((0, -30, 40)):
+        write_synthetic_case(folder, f"case_{index:05d}", shift_x=shift, seed=index)
+    return folder
+
+
+def _torchrun(cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "training_tools.cli", "train", "--config", "K1", "--cache", str(cache), "--out", str(out),
+               "--fold", "all", "--device", "cpu", "--threads", "1", "--loader-threads", "1",
+               "--set", "patch_size=[16,32,32]", *[f"--set={k}={json.dumps(v)}" for k, v in TINY.items()], *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPOSITORY), str(REPOSITORY / "KidneyTumorSeg")]))
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_two_process_ddp_training_checkpoints_and_resumes(cache, tmp_path):
+    out = tmp_path / "run"
+    first = _torchrun(cache, out, "--stop-after", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == 2 and checkpoint["world_size"] == 2
+    summary = json.loads((out / "run.json").read_text())
+    assert not summary["finished"] and summary["world_size"] == 2
+    assert summary["rank_checksums"][0] == summary["rank_checksums"][1]
+    assert not (out / "model.pt").exists()
+
+    second = _torchrun(cache, out, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed K1 at iteration 2 of 4" in second.stderr
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["finished"] and summary["iteration"] == 4
+    assert summary["rank_checksums"][0] == summary["rank_checksums"][1]  # the ranks stayed in sync
+    rows = read_log(out / "log.csv")
+    assert [r["iteration"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # the counter continued
+    assert [r["iteration"] for r in rows if "val_dice" in r] == [2, 4]
+    assert (out / "model.pt").is_file() and (out / "curves.png").is_file() and (out / "tensorboard").is_dir()
+
+
+def _options(cache: Path, out: Path, **changes) -> TrainOptions:
+    return TrainOptions(cache=cache, out=out, device="cpu", fold=None, threads=1, loader_threads=1,
+                        tensorboard=False, **changes)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(cache, tmp_path):
+    config = load_config("T-unet", "paper", {**TINY, "patch_size": [16, 32, 32]})
+    train(config, _options(cache, tmp_path / "whole"))
+    train(config, _options(cache, tmp_path / "parts", stop_after=2))
+    with pytest.raises(FileExistsError):
+        train(config, _options(cache, tmp_path / "parts"))  # a checkpoint exists: needs --resume
+    train(config, _options(cache, tmp_path / "parts", resume=True))
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    parts = torch.load(tmp_path / "parts" / "model.pt", weights_only=True)
+    assert whole.keys() == parts.keys()
+    for key in whole:
+        assert torch.equal(whole[key], parts[key]), key
+
+
+def test_validation_uses_the_held_out_fold(cache, tmp_path):
+    config = load_config("T2D-ax-bce", "paper", {**TINY, "iterations": 1, "patch_size": [64, 64]})
+    summary = train(config, TrainOptions(cache=cache, out=tmp_path / "r", device="cpu", fold=0, folds=3,
+                                         threads=1, tensorboard=False))
+    assert len(summary["training_cases"]) == 2 and len(summary["validation_cases"]) == 1
+    assert summary["validation_held_out"]
+    assert not set(summary["training_cases"]) & set(summary["validation_cases"])
+    assert 0.0 <= summary["validation"]["val_dice"] <= 1.0
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_export_writes_a_bundle_the_inference_side_loads(cache, tmp_path, half):
+    runs = []
+    for role, patch in (("stage1", [16, 32, 32]), ("KT", [16, 32, 32])):
+        config = load_config(role, "paper", {**TINY, "iterations": 1, "patch_size": patch})
+        train(config, _options(cache, tmp_path / role))
+        runs.append(tmp_path / role)
+    bundle_dir = export_bundle(runs, tmp_path / "bundle", "test", "a test bundle", "3 synthetic cases", demo=True,
+                               extra_provenance={"evaluation": {"kidney_dice": 0.5}}, half=half)
+    bundle = load_bundle(bundle_dir)
+    assert bundle.roles == ("stage1", "KT") and bundle.is_demo
+    provenance = bundle.manifest["provenance"]
+    assert provenance["data"] == "3 synthetic cases" and provenance["evaluation"] == {"kidney_dice": 0.5}
+    assert provenance["runs"]["KT"]["config"]["base_channels"] == 2
+    assert provenance["weights_dtype"] == ("float16" if half else "float32")
+    assert "git" in provenance
+    for role in ("stage1", "KT"):
+        trained = torch.load(tmp_path / role / "model.pt", weights_only=True)
+        loaded = bundle.networks[role].state_dict()
+        for key, value in trained.items():
+            expected = value.half().float() if half and value.is_floating_point() else value
+            assert torch.equal(loaded[key], expected), key

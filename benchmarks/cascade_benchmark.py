@@ -1,0 +1,172 @@
+"""Speed and memory of the cascade against stage 2 over the whole volume, side by side, as JSON.
+
+Each configuration runs in its own child process so peak RSS and GPU memory are its own. A case
+is a phantom CT built on a real KiTS19 mask (``--mask``), optionally padded or cut to
+``--slices`` slices along its slice axis, written as NIfTI and read back like a user's file.
+
+    python benchmarks/cascade_benchmark.py --mask Testing/Data/kits19/<case>.nii.gz \
+        --bundle KidneyTumorSeg/Resources/Models/demo --modes cascade,full --out bench.json
+    python benchmarks/cascade_benchmark.py --mask M --untrained paper --crop-from-truth --device cuda
+
+With an untrained bundle stage 1 predicts nothing useful, so ``--crop-from-truth`` still runs
+(and times) stage 1 but crops stage 2 like a trained stage 1 would: the true kidney box plus
+the stage-2 margin.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_case(mask_path: Path, slices: int | None, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Phantom CT + labels of ``mask_path`` (slice axis padded/cut to ``slices``) as NIfTI files."""
+    import nibabel as nib
+
+    from training_tools.phantoms import make_phantom
+
+    mask = nib.load(str(mask_path))
+    labels = np.asarray(mask.dataobj, dtype=np.uint8)
+    if slices is not None and slices != labels.shape[0]:
+        z = np.flatnonzero(labels.any(axis=(1, 2)))
+        centre = int(z.mean()) if z.size else labels.shape[0] // 2
+        start = max(0, centre - slices // 2)
+        labels = labels[start:start + slices]
+        if labels.shape[0] < slices:
+            labels = np.pad(labels, ((0, slices - labels.shape[0]), (0, 0), (0, 0)))
+    spacing = tuple(float(s) for s in mask.header.get_zooms()[:3])
+    ct = make_phantom(labels, spacing, np.random.default_rng(seed))
+    image_path, labels_path = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+    nib.save(nib.Nifti1Image(ct, mask.affine), str(image_path))
+    nib.save(nib.Nifti1Image(labels, mask.affine), str(labels_path))
+    return image_path, labels_path
+
+
+def run_single(args: argparse.Namespace) -> dict:
+    """One configuration in this process: read, prepare, stage 1, stage 2, back to the input grid, write."""
+    import torch
+
+    from KidneyTumorSegLib.boxes import Box
+    from KidneyTumorSegLib.bundle import load_bundle
+    from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
+    from KidneyTumorSegLib.imageio import read_image, write_label_map
+    from KidneyTumorSegLib.metrics import kits_dice
+    from KidneyTumorSegLib.stage1 import stage2_crop
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    timings["load_bundle"] = time.perf_counter() - start
+    cascade = Cascade(bundle, InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size))
+    if cascade.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    begin = time.perf_counter()
+    image = read_image(args.image)
+    timings["read"] = time.perf_counter() - begin
+    case = cascade.prepare(image)
+    crop = None
+    stage1_timings: dict[str, float] = {}
+    if args.mode == "full":
+        crop = Box.full(case.frame.shape)
+    elif args.crop_from_truth:
+        from KidneyTumorSegLib.geometry import to_working_frame
+
+        truth = to_working_frame(read_image(args.labels).array, case.frame, order=0, dtype=np.uint8)
+        crop = stage2_crop(Box.from_mask(truth > 0), case.frame.shape)
+        cascade.locate(case)  # timed, result unused
+        stage1_timings = {f"stage1/{k}": v for k, v in cascade.timings.items()}
+    result = cascade.segment(image, crop, case=case)
+    with tempfile.TemporaryDirectory() as folder:
+        begin = time.perf_counter()
+        write_label_map(Path(folder) / "out.nii.gz", result.labels, image.affine)
+        timings["write"] = time.perf_counter() - begin
+    end_to_end = time.perf_counter() - start - timings["load_bundle"]
+    if cascade.device.type == "cuda":
+        torch.cuda.synchronize()
+    truth = np.asarray(read_image(args.labels).array, np.uint8)
+    return {
+        "mode": args.mode,
+        "device": str(cascade.device),
+        "gpu": torch.cuda.get_device_name() if cascade.device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "input_shape": list(image.array.shape),
+        "working_shape": list(case.frame.shape),
+        "crop_shape": list(result.crop_box.size),
+        "models": list(result.models),
+        "seconds_end_to_end": round(end_to_end, 3),
+        "seconds": {k: round(v, 3) for k, v in {**timings, **stage1_timings, **result.timings}.items()},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cascade.device.type == "cuda" else None,
+        "dice": kits_dice(result.labels, truth),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mask", type=Path, help="real KiTS19 mask to build the phantom case on")
+    parser.add_argument("--slices", type=int, default=None, help="pad / cut the slice axis to this many slices")
+    parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--untrained", default=None, help="build an untrained bundle of this width ('paper' = network defaults)")
+    parser.add_argument("--modes", default="cascade,full", help="cascade and/or full (stage 2 over the whole volume)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", default="0", help="comma-separated torch thread counts to scale over (0 = default)")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--crop-from-truth", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    # internal: one configuration in a child process
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--image", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--labels", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.mode is not None:
+        args.threads = int(args.threads)
+        print(json.dumps(run_single(args)))
+        return 0
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        if args.untrained is not None:
+            from training_tools.untrained import make_untrained_bundle
+
+            width = None if args.untrained == "paper" else int(args.untrained)
+            args.bundle = make_untrained_bundle(folder / "bundle", base_channels=width)
+        image, labels = make_case(args.mask, args.slices, folder)
+        runs = []
+        for threads in args.threads.split(","):
+            for mode in args.modes.split(","):
+                command = [sys.executable, __file__, "--mode", mode, "--image", str(image), "--labels", str(labels),
+                           "--bundle", str(args.bundle), "--device", args.device, "--threads", threads,
+                           "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
+                if args.crop_from_truth:
+                    command.append("--crop-from-truth")
+                done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                if done.returncode != 0:
+                    runs.append({"mode": mode, "threads": threads, "error": done.stderr.strip().splitlines()[-1:]})
+                else:
+                    runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "mask": str(args.mask), "bundle": str(args.bundle),
+                  "slices": args.slices, "runs": runs}
+        cascade = [r for r in runs if r.get("mode") == "cascade" and "error" not in r]
+        full = [r for r in runs if r.get("mode") == "full" and "error" not in r]
+        if cascade and full:
+            result["speedup_cascade_vs_full"] = round(full[0]["seconds_end_to_end"] / cascade[0]["seconds_end_to_end"], 2)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""One command for the shipped demo bundle: phantoms -> cache -> the twelve models -> bundle -> evaluation.
+
+1. The masks are split: the last ``eval_cases`` (sorted by name) are held out. Training phantoms
+   go straight into the training cache (built in memory, the same volumes the ``phantoms``
+   command writes); held-out phantoms are written in KiTS19 layout for the evaluation.
+2. The twelve models train as separate ``kidneytumorseg-train train`` processes, ``jobs`` at a time
+   (default: all at once, sharing the GPU or the CPU cores); each resumes where it stopped.
+3. The runs are exported, the bundle is evaluated with the whole cascade on the held-out
+   phantoms, and the final bundle is exported with those metrics in its provenance.
+
+With a time budget, every stage's remaining time is handed to the training processes, which
+lower their iteration counts to fit (never raise them).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from KidneyTumorSegLib.cascade import InferenceOptions
+from KidneyTumorSegLib.inference import pick_device
+from KidneyTumorSegLib.networks.registry import ROLES
+
+from .cache import case_arrays, default_workers, is_complete, run_parallel, working_arrays, write_case
+from .configs import load_config, load_preset
+from .evaluate import evaluate_bundle
+from .export import export_bundle
+from .train import RUN_NAME
+from .phantoms import case_name, case_seed, find_masks, make_phantom, make_phantom_case
+
+logger = logging.getLogger(__name__)
+
+IPL = ("I", "P", "L")
+DEMO_DESCRIPTION = (
+    "DEMO ONLY - NOT A CLINICAL MODEL. Trained on synthetic phantom CTs (simulated anatomy painted around "
+    "real KiTS19 kidney and tumor masks) at a reduced network width; it has never seen a real CT and must "
+    "not be used on patients. To train a real model on KiTS19 images, see the README section "
+    "'Training on KiTS19' (kidneytumorseg-train prepare / train / export)."
+)
+MASK_LICENSE = "CC-BY-NC-SA-4.0"  # the KiTS19 masks the phantoms are built from
+EVAL_RESERVE_S = {"cuda": 90.0, "cpu": 900.0}  # time kept for export and evaluation under a budget
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Settings of the demo run; ``preset`` None = "demo-gpu" on CUDA, else "demo-cpu"."""
+
+    masks: Path
+    work: Path
+    out: Path
+    device: str = "auto"
+    preset: str | None = None
+    workers: int | None = None
+    jobs: int | None = None
+    eval_cases: int = 10
+    seed: int = 0
+    budget_minutes: float | None = None
+    overwrite: bool = False
+
+
+def ipl_labels(mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A label map turned to I, P, L axes: (uint8 labels [z, y, x], their affine, spacing (z, y, x))."""
+    image = nib.load(str(mask_path))
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
+                                                nib.orientations.axcodes2ornt(IPL))
+    turned = image.as_reoriented(transform)
+    spacing = tuple(float(s) for s in turned.header.get_zooms()[:3])
+    return np.asarray(turned.dataobj, dtype=np.uint8), np.asarray(turned.affine, float), spacing
+
+
+def cache_phantom(job: tuple[Path, Path, int]) -> tuple[str, str | None]:
+    """Build one training phantom in memory and cache it (skipped when cached); (case id, error)."""
+    mask_path, cache_dir, seed = job
+    name = case_name(mask_path)
+    try:
+        if not is_complete(cache_dir / name):
+            labels, affine, spacing = ipl_labels(mask_path)
+            ct = make_phantom(labels, spacing, np.random.default_rng(case_seed(seed, name)))
+            arrays, meta = case_arrays(*working_arrays(ct, labels, affine))
+            meta["source"] = {"phantom_of": mask_path.name, "seed": seed}
+            write_case(cache_dir, name, arrays, meta)
+        return name, None
+    except Exception as error:  # one bad mask must not stop the others
+        return name, f"{type(error).__name__}: {error}"
+
+
+def write_phantom(job: tuple[Path, Path, int]) -> tuple[str, str | None]:
+    """Write one held-out phantom in KiTS19 layout (skipped when present); (case id, error)."""
+    mask_path, out_dir, seed = job
+    name = case_name(mask_path)
+    try:
+        folder = out_dir / name
+        if not ((folder / "imaging.nii.gz").is_file() and (folder / "segmentation.nii.gz").is_file()):
+            make_phantom_case(mask_path, out_dir, seed)
+        return name, None
+    except Exception as error:
+        return name, f"{type(error).__name__}: {error}"
+
+
+def _phantom_job(job: tuple[str, Path, Path, int]) -> tuple[str, str | None]:
+    kind, mask_path, folder, seed = job
+    return (cache_phantom if kind == "train" else write_phantom)((mask_path, folder, seed))
+
+
+def build_data(masks: list[Path], eval_cases: int, cache_dir: Path, eval_dir: Path, seed: int, workers: int) -> None:
+    """Training cache and held-out phantoms, in parallel (held-out ones first: they take longest to write)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    held, training = masks[len(masks) - eval_cases:], masks[:len(masks) - eval_cases]
+    jobs = [("eval", m, eval_dir, seed) for m in held] + [("train", m, cache_dir, seed) for m in training]
+    for name, error in run_parallel(_phantom_job, jobs, workers, "phantoms"):
+        if error:
+            logger.error("%s: left out (%s)", name, error)
+
+
+def _environment() -> dict[str, str]:
+    """The environment of a child process, with both packages importable."""
+    import KidneyTumorSegLib
+
+    roots = [str(Path(__file__).resolve().parent.parent), str(Path(KidneyTumorSegLib.__file__).resolve().parent.parent)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def train_command(role: str, preset: str, cache_dir: Path, run_dir: Path, device: str, threads: int,
+                  budget_s: float | None) -> list[str]:
+    """The ``train`` command line of one role (always resumable)."""
+    command = [sys.executable, "-m", "training_tools.cli", "train", "--config", role, "--preset", preset,
+               "--cache", str(cache_dir), "--out", str(run_dir), "--fold", "all", "--device", device,
+               "--resume", "--threads", str(threads)]
+    if budget_s is not None:
+        command += ["--time-budget-s", f"{max(budget_s, 30.0):.0f}"]
+    return command
+
+
+def run_finished(run_dir: Path) -> bool:
+    """Whether a run folder holds a finished training."""
+    path = run_dir / RUN_NAME
+    return path.is_file() and bool(json.loads(path.read_text()).get("finished"))
+
+
+def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: int,
+              deadline: float | None) -> list[Path]:
+    """Train every role not yet finished, ``jobs`` processes at a time; returns the run folders."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in ROLES if not run_finished(runs_dir / r)]
+    threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(todo) or 1)))
+    running: dict[str, subprocess.Popen] = {}
+    failed = []
+    env = _environment()
+    while todo or running:
+        while todo and len(running) < jobs:
+            role = todo.pop(0)
+            budget = None if deadline is None else deadline - time.time()
+            log = open(runs_dir / f"{role}.log", "a")
+            command = train_command(role, preset, cache_dir, runs_dir / role, device, threads, budget)
+            running[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+            logger.info("training %s (log: %s)", role, runs_dir / f"{role}.log")
+        time.sleep(1.0)
+        for role, process in list(running.items()):
+            if process.poll() is not None:
+                del running[role]
+                if process.returncode != 0 or not run_finished(runs_dir / role):
+                    failed.append(role)
+                    logger.error("%s: training failed (exit %s), see %s", role, process.returncode, runs_dir / f"{role}.log")
+                else:
+                    logger.info("%s: finished", role)
+    if failed:
+        raise RuntimeError(f"training failed for {', '.join(failed)}")
+    return [runs_dir / r for r in ROLES]
+
+
+def demo_bundle(options: DemoOptions) -> dict[str, Any]:
+    """The whole demo pipeline; returns the evaluation summary written into the bundle."""
+    started = time.time()
+    deadline = None if options.budget_minutes is None else started + 60.0 * options.budget_minutes
+    device = pick_device(options.device)
+    preset = options.preset or ("demo-gpu" if device.type == "cuda" else "demo-cpu")
+    masks = find_masks(options.masks)
+    if len(masks) <= options.eval_cases:
+        raise ValueError(f"{options.masks}: {len(masks)} masks, but {options.eval_cases} are held out for evaluation")
+    if (options.out / "manifest.json").exists() and not options.overwrite:
+        raise FileExistsError(f"{options.out}: a bundle exists (use --overwrite)")
+    work = options.work
+    cache_dir, eval_dir, runs_dir = work / "cache", work / "eval_phantoms", work / "runs"
+    build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, options.workers or default_workers())
+    logger.info("data ready after %.0f s", time.time() - started)
+    train_deadline = None if deadline is None else deadline - EVAL_RESERVE_S[device.type]
+    runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or len(ROLES), train_deadline)
+    logger.info("training done after %.0f s", time.time() - started)
+    held_out = [case_name(m) for m in masks[len(masks) - options.eval_cases:]]
+    metadata = _demo_metadata(options, preset, masks, held_out)
+    draft = work / "bundle_draft"
+    shutil.rmtree(draft, ignore_errors=True)
+    export_bundle(runs, draft, **metadata, half=True)
+    summary = evaluate_bundle(eval_dir, draft, work / "evaluation", fold=None,
+                              options=InferenceOptions(device=str(device)))
+    evaluation = {k: summary[k] for k in ("kidney_dice", "tumor_dice", "mean_dice", "cases", "median_kidney_dice",
+                                          "median_tumor_dice", "mean_seconds", "device")}
+    evaluation["held_out_masks"] = held_out
+    metadata["extra_provenance"]["evaluation_on_held_out_phantoms"] = evaluation
+    runtime = {"device": summary["device"], "seconds_per_case": round(summary["mean_seconds"], 1),
+               "measured_on": "held-out phantoms"}
+    export_bundle(runs, options.out, **metadata, expected_runtime=runtime, half=True, overwrite=options.overwrite)
+    logger.info("bundle %s: kidney Dice %.3f, tumor Dice %.3f on %d held-out phantoms (%.0f s in all)", options.out,
+                evaluation["kidney_dice"], evaluation["tumor_dice"], evaluation["cases"], time.time() - started)
+    return evaluation
+
+
+def _demo_metadata(options: DemoOptions, preset: str, masks: list[Path], held_out: list[str]) -> dict[str, Any]:
+    widths = {role: load_config(role, preset).base_channels for role in ROLES}
+    return {
+        "name": f"kidneytumorseg-demo-{preset}",
+        "description": DEMO_DESCRIPTION,
+        "data_description": (
+            f"{len(masks) - len(held_out)} synthetic phantom CTs (training_tools.phantoms, seed {options.seed}) "
+            f"built around real KiTS19 ground-truth masks (CC BY-NC-SA 4.0, https://kits19.grand-challenge.org); "
+            f"{len(held_out)} further phantoms held out for evaluation"),
+        "demo": True,
+        "license_name": MASK_LICENSE,
+        "extra_provenance": {
+            "synthetic_phantoms": True,
+            "clinical_use": "none: a demonstration model trained on synthetic phantoms only",
+            "preset": preset,
+            "preset_description": load_preset(preset).get("description", ""),
+            "network_widths": widths,
+            "reduced_width": True,
+            "phantom_seed": options.seed,
+            "training_masks": [case_name(m) for m in masks if case_name(m) not in held_out],
+        },
+    }

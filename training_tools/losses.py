@@ -1,0 +1,72 @@
+"""Training losses (SPEC §2): soft Dice and BCE for segmentation, WMSE for every regression head.
+
+Tensors are ``[B, C, *S]``; each loss reduces over the whole batch to a scalar (float32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DICE_SMOOTH = 1.0  # added to numerator and denominator: empty target + empty prediction -> loss 0
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+    """Soft Dice loss ``1 - (2 Σ p t + s) / (Σ p + Σ t + s)`` on ``p = sigmoid(logits)``, sums over the whole batch."""
+    probability = torch.sigmoid(logits.float())
+    target = target.float()
+    intersection = (probability * target).sum()
+    return 1.0 - (2.0 * intersection + smooth) / (probability.sum() + target.sum() + smooth)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of ``sigmoid(logits)`` against ``target`` (PyTorch's stable form)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def wmse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Weighted MSE of SPEC §2: ``(Σ_{t>0}(l−t)² / Σ_{t>0} t + Σ_{t≤0}(l−t)² / N_{t≤0}) / 2``.
+
+    [D] The second denominator is the number of voxels with t ≤ 0 (the paper's Σ_{t≤0} t is 0).
+    A term whose voxel set is empty contributes 0; all voxels (every channel, every batch item)
+    enter the same two sums.
+    """
+    prediction, target = prediction.float(), target.float()
+    squared = (prediction - target) ** 2
+    positive = target > 0
+    positive_weight = target[positive].sum()
+    negative_count = (~positive).sum()
+    zero = squared.new_zeros(())
+    positive_term = squared[positive].sum() / positive_weight if positive_weight > 0 else zero
+    negative_term = squared[~positive].sum() / negative_count if negative_count > 0 else zero
+    return (positive_term + negative_term) / 2.0
+
+
+SEGMENTATION_LOSSES = {"dice": dice_loss, "bce": bce_loss}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the two heads' losses in the total."""
+
+    segmentation: float = 1.0
+    regression: float = 1.0
+
+
+def total_loss(seg_logits: torch.Tensor, regression: torch.Tensor | None, seg_target: torch.Tensor,
+               reg_target: torch.Tensor, segmentation_loss: str,
+               weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+    """Segmentation loss (``"dice"`` or ``"bce"``) plus WMSE of the regression head; returns the
+    total and its parts (as floats, for logs)."""
+    if segmentation_loss not in SEGMENTATION_LOSSES:
+        raise ValueError(f"segmentation loss must be one of {sorted(SEGMENTATION_LOSSES)}, got {segmentation_loss!r}")
+    seg = SEGMENTATION_LOSSES[segmentation_loss](seg_logits, seg_target)
+    total = weights.segmentation * seg
+    parts = {"seg_loss": float(seg.detach())}
+    if regression is not None:
+        reg = wmse_loss(regression, reg_target)
+        total = total + weights.regression * reg
+        parts["reg_loss"] = float(reg.detach())
+    parts["loss"] = float(total.detach())
+    return total, parts

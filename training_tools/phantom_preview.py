@@ -1,0 +1,109 @@
+"""A picture of phantom cases beside their masks: axial and coronal slices through the tumor.
+
+    python -m training_tools.phantom_preview --masks M1.nii.gz M2.nii.gz --seed 0 --out phantoms.png
+
+builds the phantoms of the given KiTS19 masks in a temporary folder and draws them; with
+``--cases DIR ...`` it draws existing KiTS19-layout case folders instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from training_tools.phantoms import make_phantom_case
+
+logger = logging.getLogger(__name__)
+
+WINDOW_HU = (-200.0, 300.0)  # the method's HU clip
+BODY_HU = -500.0
+LABEL_COLOURS = np.array([[0, 0, 0], [0.95, 0.75, 0.2], [0.9, 0.15, 0.15]])  # background, kidney, tumor
+
+
+def _load_case(case_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Imaging and labels of a KiTS19-layout case as ``[z, y, x]`` (I, P, L) arrays, and the spacing."""
+    images = []
+    for name in ("imaging.nii.gz", "segmentation.nii.gz"):
+        img = nib.as_closest_canonical(nib.load(str(case_dir / name)))  # R, A, S
+        images.append(np.asarray(img.dataobj).transpose(2, 1, 0)[::-1, ::-1, ::-1])  # -> I, P, L
+    zooms = nib.as_closest_canonical(nib.load(str(case_dir / "imaging.nii.gz"))).header.get_zooms()[:3]
+    return images[0], images[1].astype(np.uint8), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+
+
+def _tumor_centre(labels: np.ndarray) -> tuple[int, int, int]:
+    target = labels == 2 if (labels == 2).any() else labels > 0
+    return tuple(int(np.median(i)) for i in np.nonzero(target))
+
+
+def _body_crop(image: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of a slice that hold the body (largest region above -500 HU), plus a margin."""
+    regions, count = ndimage.label(image > BODY_HU)
+    if count == 0:
+        return slice(None), slice(None)
+    body = regions == 1 + int(np.argmax(np.bincount(regions.ravel())[1:]))
+    rows, cols = np.nonzero(body.any(axis=1))[0], np.nonzero(body.any(axis=0))[0]
+    return (
+        slice(max(int(rows[0]) - 4, 0), int(rows[-1]) + 5),
+        slice(max(int(cols[0]) - 4, 0), int(cols[-1]) + 5),
+    )
+
+
+def save_phantom_preview(case_dirs: Sequence[str | Path], png: str | Path) -> Path:
+    """Draw one row per case: axial phantom, axial mask, coronal phantom, coronal mask (through
+    the tumor's median voxel). Radiological view: patient-left on the right, anterior / superior up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(case_dirs), 4, figsize=(16, 4.2 * len(case_dirs)), squeeze=False)
+    for row, case_dir in zip(axes, case_dirs):
+        hu, labels, spacing = _load_case(Path(case_dir))
+        z, y, _ = _tumor_centre(labels)
+        views = (
+            ("axial", hu[z], labels[z], spacing[1] / spacing[2]),
+            ("coronal", hu[:, y, :], labels[:, y, :], spacing[0] / spacing[2]),
+        )
+        for k, (view, image, mask, aspect) in enumerate(views):
+            crop = _body_crop(image)
+            row[2 * k].imshow(image[crop], cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], aspect=aspect)
+            row[2 * k + 1].imshow(LABEL_COLOURS[np.clip(mask[crop], 0, 2)], aspect=aspect, interpolation="nearest")
+            title = f"{Path(case_dir).name} phantom, {view}, {spacing[0]:g} mm slices"
+            row[2 * k].set_title(title, fontsize=10, color="white")
+            row[2 * k + 1].set_title(f"KiTS19 mask, {view}: kidney, tumor", fontsize=10, color="white")
+        for ax in row:
+            ax.set_axis_off()
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=72, facecolor="black")
+    plt.close(fig)
+    return png
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--masks", type=Path, nargs="+", help="KiTS19 label maps to build phantoms from")
+    source.add_argument("--cases", type=Path, nargs="+", help="KiTS19-layout case folders")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.cases:
+        save_phantom_preview(args.cases, args.out)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_phantom_preview([make_phantom_case(m, tmp, args.seed) for m in args.masks], args.out)
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

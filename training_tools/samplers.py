@@ -1,0 +1,219 @@
+"""The patch samplers of SPEC §2, one class per kind of model.
+
+Every sampler draws from a :class:`~training_tools.cache.CachedCase` and returns a
+:data:`Sample` ``(image [1, *P], segmentation target [1, *P], regression target [C, *P])``,
+float32, ``P`` = ``(z, y, x)`` for 3D models or the slice plane for 2D ones. Wherever a window
+reaches past the region it must stay in, the patch is filled with 0 there.
+
+- :class:`Stage1Sampler`: ``count`` (100) random 16 x 64 x 64 patches of the whole x4 grid;
+  targets = foreground and the 5 landmark heat-maps.
+- :class:`StridePatchSampler` (KT, K1, K2): ``count`` (200) patches of 32 x 128 x 128 on a
+  regular stride grid of the crop (ground-truth kidney+tumor box expanded by 16 x 128 x 128).
+- :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches in the
+  ground-truth tumor box expanded by 8 x 16 x 16, zero-padded where that box is smaller.
+- :class:`TumorSliceSampler` (2D U-Nets): every slice of the crop along the model's axis that
+  holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Protocol
+
+import numpy as np
+
+from KidneyTumorSegLib.boxes import Box
+from KidneyTumorSegLib.networks.registry import RoleSpec
+from KidneyTumorSegLib.settings import LABEL_KIDNEY, LABEL_TUMOR
+
+from .cache import SLICE_AXES, CachedCase
+
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(image [1, *P], segmentation target [1, *P], regression target [C, *P]), float32."""
+
+# Which cached boundary channel (cache.BOUNDARY_CHANNELS) is each task's regression target.
+TASK_BOUNDARY_CHANNEL: dict[str, int] = {"foreground": 0, "kidney": 1, "tumor": 2}
+
+
+class Sampler(Protocol):
+    """Draws the training samples of one case."""
+
+    def count(self, case: CachedCase) -> int:
+        """Number of samples of ``case`` per epoch (0 = the case is not used)."""
+
+    def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
+        """Sample ``index`` (0 <= index < count) of ``case``."""
+
+
+def read_window(array: np.ndarray, start: Sequence[int], size: Sequence[int], limit: Box | None = None) -> np.ndarray:
+    """The window ``start`` .. ``start + size`` of the trailing spatial axes of ``array``, float32.
+
+    ``array`` is ``[..., *S]`` (leading channel axes are kept); ``start`` may be negative or
+    reach past the array. Voxels outside ``limit`` (a box on the spatial grid; default the whole
+    array) are 0.
+    """
+    spatial = len(size)
+    grid = array.shape[-spatial:]
+    limit_start = limit.start[-spatial:] if limit else (0,) * spatial
+    limit_stop = limit.stop[-spatial:] if limit else tuple(n - 1 for n in grid)
+    out = np.zeros(array.shape[:-spatial] + tuple(size), dtype=np.float32)
+    source, target = [], []
+    for s, n, lo, hi in zip(start, size, limit_start, limit_stop):
+        first, last = max(s, lo), min(s + n - 1, hi)
+        if last < first:
+            return out
+        source.append(slice(first, last + 1))
+        target.append(slice(first - s, last - s + 1))
+    lead = (slice(None),) * (array.ndim - spatial)
+    out[lead + tuple(target)] = array[lead + tuple(source)]
+    return out
+
+
+def random_start(rng: np.random.Generator, length: int, patch: int) -> int:
+    """A uniform window start for a ``patch`` in ``length``: inside it when it fits, else placing
+    the whole extent at a random offset within the window (the rest is zero-padded)."""
+    low, high = min(0, length - patch), max(0, length - patch)
+    return int(rng.integers(low, high + 1))
+
+
+def stride_starts(length: int, patch: int, count: int) -> np.ndarray:
+    """``count`` starts on a regular grid from 0 to ``length - patch`` (rounded); a patch longer
+    than ``length`` is centred (start ``(length - patch) // 2``, the rest zero-padded)."""
+    if length <= patch:
+        return np.full(count, (length - patch) // 2, dtype=np.int64)
+    return np.rint(np.linspace(0, length - patch, count)).astype(np.int64)
+
+
+@lru_cache(maxsize=4096)
+def stride_counts(shape: tuple[int, ...], patch: tuple[int, ...], total: int) -> tuple[int, ...]:
+    """Grid positions per axis, with product exactly ``total``, spreading the patches evenly.
+
+    Among all factorisations of ``total``, the one with the smallest largest stride relative to
+    the patch (an axis with room but one position counts as infinite); ties go to the most
+    distinct positions, then to the first in lexicographic order.
+    """
+    rooms = [max(n - p, 0) for n, p in zip(shape, patch)]
+
+    def score(counts: tuple[int, ...]) -> tuple[float, int]:
+        strides = [(room / (c - 1) if c > 1 else (np.inf if room else 0.0)) / p
+                   for room, c, p in zip(rooms, counts, patch)]
+        distinct = int(np.prod([min(c, room + 1) for room, c in zip(rooms, counts)]))
+        return max(strides), -distinct
+
+    return min(_factorisations(total, len(shape)), key=score)
+
+
+def _factorisations(total: int, parts: int) -> list[tuple[int, ...]]:
+    divisors = [d for d in range(1, total + 1) if total % d == 0]
+    return [c for c in itertools.product(divisors, repeat=parts) if int(np.prod(c)) == total]
+
+
+def stride_positions(shape: tuple[int, ...], patch: tuple[int, ...], total: int) -> np.ndarray:
+    """``total`` patch starts ``[total, 3]`` on a regular stride grid of a region of ``shape``, in raster order."""
+    counts = stride_counts(tuple(shape), tuple(patch), total)
+    axes = [stride_starts(n, p, c) for n, p, c in zip(shape, patch, counts)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(shape))
+
+
+def task_mask(labels: np.ndarray, task: str) -> np.ndarray:
+    """Segmentation target of ``task`` from labels, float32: foreground = label > 0 (kidney and
+    tumor), kidney = label 1, tumor = label 2."""
+    if task == "foreground":
+        return (labels > 0).astype(np.float32)
+    return (labels == {"kidney": LABEL_KIDNEY, "tumor": LABEL_TUMOR}[task]).astype(np.float32)
+
+
+class Stage1Sampler:
+    """Random ``patch`` windows of the whole x4 grid; targets = foreground and 5 landmark channels."""
+
+    def __init__(self, patch: Sequence[int] = (16, 64, 64), count: int = 100):
+        self.patch, self._count = tuple(patch), count
+
+    def count(self, case: CachedCase) -> int:
+        return self._count
+
+    def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
+        start = [random_start(rng, n, p) for n, p in zip(case.image_down.shape, self.patch)]
+        image = read_window(case.image_down, start, self.patch)[None]
+        seg = read_window(case.foreground_down, start, self.patch)[None]
+        return image, seg, read_window(case.landmarks_down, start, self.patch)
+
+
+class StridePatchSampler:
+    """``count`` windows on a regular stride grid of the crop (KT, K1, K2)."""
+
+    def __init__(self, task: str, patch: Sequence[int] = (32, 128, 128), count: int = 200):
+        self.task, self.patch, self._count = task, tuple(patch), count
+
+    def count(self, case: CachedCase) -> int:
+        return self._count
+
+    def positions(self, case: CachedCase) -> np.ndarray:
+        """All patch starts ``[count, 3]`` in crop voxels."""
+        return stride_positions(tuple(case.labels.shape), self.patch, self._count)
+
+    def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
+        start = self.positions(case)[index]
+        return _crop_sample(case, self.task, start, self.patch)
+
+
+class TumorPatchSampler:
+    """``count`` random windows inside the expanded tumor box (T-vnet, T-unet)."""
+
+    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100):
+        self.patch, self._count = tuple(patch), count
+
+    def count(self, case: CachedCase) -> int:
+        return self._count if case.tumor_crop_box is not None else 0
+
+    def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
+        box = case.tumor_crop_box
+        start = [a + random_start(rng, n, p) for a, n, p in zip(box.start, box.size, self.patch)]
+        return _crop_sample(case, "tumor", start, self.patch, limit=box)
+
+
+def _crop_sample(case: CachedCase, task: str, start: Sequence[int], patch: Sequence[int],
+                 limit: Box | None = None) -> Sample:
+    """A 3D window of the crop with the targets of ``task``."""
+    image = read_window(case.image, start, patch, limit)[None]
+    labels = read_window(case.labels, start, patch, limit)
+    channel = TASK_BOUNDARY_CHANNEL[task]
+    boundary = read_window(case.boundary[channel:channel + 1], start, patch, limit)
+    return image, task_mask(labels, task)[None], boundary
+
+
+class TumorSliceSampler:
+    """One random ``size`` window of every crop slice along ``axis`` that holds tumor (2D U-Nets)."""
+
+    def __init__(self, axis: str, size: Sequence[int] = (256, 256)):
+        if axis not in SLICE_AXES:
+            raise ValueError(f"axis must be one of {sorted(SLICE_AXES)}, got {axis!r}")
+        self.axis, self.size = axis, tuple(size)
+
+    def count(self, case: CachedCase) -> int:
+        return len(case.tumor_slices(self.axis))
+
+    def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
+        position = case.tumor_slices(self.axis)[index]
+        axis = SLICE_AXES[self.axis]
+        take = [slice(None)] * 3
+        take[axis] = position
+        image, labels = case.image[tuple(take)], case.labels[tuple(take)]
+        boundary = case.boundary[(slice(2, 3), *take)]
+        start = [random_start(rng, n, p) for n, p in zip(image.shape, self.size)]
+        seg = task_mask(read_window(labels, start, self.size), "tumor")
+        return read_window(image, start, self.size)[None], seg[None], read_window(boundary, start, self.size)
+
+
+def make_sampler(spec: RoleSpec, patch_size: Sequence[int] | None = None, count: int | None = None) -> Sampler:
+    """The SPEC §2 sampler of a role; ``patch_size`` / ``count`` override the role's patch and the
+    samples per case (defaults: the role's patch; 100 stage 1, 200 KT / K, 100 T)."""
+    patch = tuple(patch_size or spec.patch_size)
+    if spec.architecture == "unet2d":
+        return TumorSliceSampler(spec.axis, patch)
+    if spec.downsample_factor > 1:
+        return Stage1Sampler(patch, count or 100)
+    if spec.task == "tumor":
+        return TumorPatchSampler(patch, count or 100)
+    return StridePatchSampler(spec.task, patch, count or 200)

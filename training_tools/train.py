@@ -1,0 +1,344 @@
+"""Training one model of the cascade, in one process or several under ``torchrun`` (DDP).
+
+A run folder holds::
+
+    config.json      the configuration
+    checkpoint.pt    the latest checkpoint (model, optimizer, iteration, total iterations)
+    log.csv          scalars every ``log_interval`` iterations and every validation
+    tensorboard/     the same scalars for TensorBoard (when installed)
+    curves.png       learning curves, redrawn at every checkpoint
+    model.pt         final weights (a plain state_dict), once finished
+    run.json         summary: role, network, data, split, iterations, timings, validation Dice
+
+``--resume`` continues from ``checkpoint.pt`` exactly: the data stream is a function of the seed
+and the iteration (:mod:`training_tools.stream`) and the learning rate one of the iteration.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from KidneyTumorSegLib.inference import resolve_amp_dtype
+
+from .augment import Augmentation
+from .cache import CachedCase, open_cache
+from .configs import TrainConfig
+from .distributed import Distributed, setup_distributed, teardown_distributed
+from .logs import ScalarLog, plot_curves
+from .losses import LossWeights, total_loss
+from .samplers import make_sampler
+from .schedule import poly_lr, set_lr
+from .splits import split_cases
+from .stream import BatchStream, EpochIndex
+from .validation import validate, validation_samples
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+RUN_NAME = "run.json"
+CONFIG_NAME = "config.json"
+TRAIN_SET_VALIDATION_CASES = 3  # without held-out cases, Dice is tracked on this many training cases
+BUDGET_WARMUP = 3  # iterations before the speed used by a time budget is measured
+BUDGET_MEASURE = 10  # iterations the speed is measured over
+BUDGET_RESERVE = 0.1  # share of the remaining time kept for validation, checkpoints and export
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to run a training (the config says what to train).
+
+    ``fold`` None trains on every cached case. ``time_budget_s``: after a short speed measurement
+    the total iterations are lowered (never raised) so the run ends within the budget.
+    ``stop_after``: leave after this many iterations of this run with a checkpoint (resume later).
+    """
+
+    cache: Path
+    out: Path
+    resume: bool = False
+    device: str = "auto"
+    amp: str = "auto"
+    fold: int | None = 0
+    folds: int = 5
+    split_seed: int = 0
+    time_budget_s: float | None = None
+    stop_after: int | None = None
+    threads: int | None = None
+    loader_threads: int = 2
+    tensorboard: bool = True
+    progress: bool = False
+
+
+@dataclass
+class RunState:
+    """Where a run stands: iterations done, planned total, and the latest validation."""
+
+    iteration: int
+    total: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)  # when this process began the run
+
+
+def train(config: TrainConfig, options: TrainOptions) -> dict[str, Any]:
+    """Train ``config.role`` on the cached cases; returns the run summary (also in ``run.json``)."""
+    context = setup_distributed(options.device)
+    try:
+        return _train(config, options, context)
+    finally:
+        teardown_distributed(context)
+
+
+def _train(config: TrainConfig, options: TrainOptions, context: Distributed) -> dict[str, Any]:
+    started = time.perf_counter()
+    _set_threads(options, context)
+    out = Path(options.out)
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    context.barrier()
+    train_cases, val_cases, held_out = _cases(options)
+    sampler = make_sampler(config.spec, config.patch_size, config.patches_per_case)
+    index = EpochIndex(train_cases, sampler, config.seed)
+    torch.manual_seed(config.seed)
+    network = config.spec.build(config.base_channels).to(context.device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    state = _start_state(config, options, network, optimizer, context)
+    state.started = started
+    model: nn.Module = DistributedDataParallel(network, device_ids=[context.device.index] if context.device.type == "cuda" else None) \
+        if context.active else network
+    amp_dtype = resolve_amp_dtype(options.amp, context.device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    log = ScalarLog(out, state.iteration if options.resume else None, options.tensorboard) if context.is_main else None
+    val_samples = validation_samples(val_cases, sampler, config.seed, config.val_samples_per_case) if context.is_main else []
+    augmentation = Augmentation.from_json(config.augmentation) if config.augmentation else None
+    stream = BatchStream(index, config.batch_size, state.iteration, context.rank, context.world_size, augmentation,
+                         threads=options.loader_threads)
+    if context.is_main:
+        _write_json(out / CONFIG_NAME, config.to_json())
+        logger.info("%s: %d training cases (%d samples per epoch), %d validation cases%s, iterations %d..%d on %s x%d",
+                    config.role, len(train_cases), len(index), len(val_cases), "" if held_out else " (training set)",
+                    state.iteration, state.total, context.device, context.world_size)
+    try:
+        _loop(config, options, context, model, network, optimizer, scaler, amp_dtype, stream, state, log, val_samples)
+    finally:
+        stream.close()
+        if log is not None:
+            log.close()
+    finished = state.iteration >= state.total
+    checksums = context.gather(_checksum(network))
+    summary = _summary(config, options, context, state, train_cases, val_cases, held_out, finished,
+                       time.perf_counter() - started, checksums)
+    if context.is_main:
+        if finished:
+            torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / MODEL_NAME)
+        _write_json(out / RUN_NAME, summary)
+    context.barrier()
+    return summary
+
+
+def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, model: nn.Module, network: nn.Module,
+          optimizer: torch.optim.Optimizer, scaler, amp_dtype: torch.dtype | None, stream: BatchStream,
+          state: RunState, log: ScalarLog | None, val_samples: list) -> None:
+    start = state.iteration
+    weights = LossWeights(**config.loss_weights)
+    sums: dict[str, float] = {"loss": 0.0, "seg_loss": 0.0, "reg_loss": 0.0}
+    counted, interval_start = 0, time.perf_counter()
+    budget_mark: float | None = None
+    bar = _progress_bar(options, context, state)
+    while state.iteration < state.total and not (options.stop_after and state.iteration - start >= options.stop_after):
+        lr = poly_lr(config.learning_rate, state.iteration, state.total, config.poly_power)
+        set_lr(optimizer, lr)
+        image, seg, reg = (t.to(context.device, non_blocking=True) for t in next(stream))
+        with _autocast(context.device, amp_dtype):
+            seg_logits, regression = model(image)
+        loss, parts = total_loss(seg_logits, regression, seg, reg, config.segmentation_loss, weights)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        state.iteration += 1
+        for key in sums:
+            sums[key] += parts.get(key, 0.0)
+        counted += 1
+        if bar is not None:
+            bar.update(1)
+        done_this_run = state.iteration - start
+        if options.time_budget_s and done_this_run == BUDGET_WARMUP:
+            budget_mark = time.perf_counter()
+        if options.time_budget_s and budget_mark is not None and done_this_run == BUDGET_WARMUP + BUDGET_MEASURE:
+            state.total = _fit_budget(options, context, state, (time.perf_counter() - budget_mark) / BUDGET_MEASURE)
+            if bar is not None:
+                bar.total = state.total
+        last = state.iteration >= state.total
+        if state.iteration % config.log_interval == 0 or last:
+            means = context.mean([sums[k] / counted for k in sums])
+            seconds = (time.perf_counter() - interval_start) / counted
+            if log is not None:
+                log.write(state.iteration, {"lr": lr, **dict(zip(sums, means)), "seconds_per_iteration": seconds})
+            sums = dict.fromkeys(sums, 0.0)
+            counted, interval_start = 0, time.perf_counter()
+        if state.iteration % config.val_interval == 0 or last:
+            _validate(config, context, network, amp_dtype, val_samples, state, log)
+        stopping = bool(options.stop_after) and state.iteration - start >= options.stop_after
+        if state.iteration % config.checkpoint_interval == 0 or last or stopping:
+            _checkpoint(config, options, context, network, optimizer, scaler, state)
+    if bar is not None:
+        bar.close()
+
+
+def _validate(config: TrainConfig, context: Distributed, network: nn.Module, amp_dtype: torch.dtype | None,
+              samples: list, state: RunState, log: ScalarLog | None) -> None:
+    if context.is_main and samples:
+        dice, loss = validate(network, samples, config.batch_size, context.device, amp_dtype, config.segmentation_loss)
+        state.history.append({"iteration": state.iteration, "val_dice": dice, "val_loss": loss})
+        logger.info("%s: iteration %d/%d, validation Dice %.4f", config.role, state.iteration, state.total, dice)
+        if log is not None:
+            log.write(state.iteration, {"val_dice": dice, "val_loss": loss})
+    context.barrier()
+
+
+def _fit_budget(options: TrainOptions, context: Distributed, state: RunState, seconds_per_iteration: float) -> int:
+    """Total iterations that end the run within the time budget (rank 0 decides for all)."""
+    elapsed = time.perf_counter() - state.started
+    remaining = (options.time_budget_s - elapsed) * (1.0 - BUDGET_RESERVE)
+    affordable = state.iteration + max(0, int(remaining / max(seconds_per_iteration, 1e-6)))
+    total = context.broadcast_int(min(state.total, max(affordable, state.iteration)))
+    if total < state.total:
+        logger.info("time budget %.0f s at %.3f s/iteration: %d iterations instead of %d",
+                    options.time_budget_s, seconds_per_iteration, total, state.total)
+    return total
+
+
+def _checkpoint(config: TrainConfig, options: TrainOptions, context: Distributed, network: nn.Module,
+                optimizer: torch.optim.Optimizer, scaler, state: RunState) -> None:
+    if context.is_main:
+        out = Path(options.out)
+        payload = {
+            "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+            "iteration": state.iteration, "total": state.total, "config": config.to_json(),
+            "history": state.history, "world_size": context.world_size,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
+        temporary = out / f".{CHECKPOINT_NAME}.partial"
+        torch.save(payload, temporary)
+        os.replace(temporary, out / CHECKPOINT_NAME)
+        plot_curves(out / "log.csv", out / "curves.png", f"{config.role} (iteration {state.iteration}/{state.total})")
+    context.barrier()
+
+
+def _start_state(config: TrainConfig, options: TrainOptions, network: nn.Module, optimizer: torch.optim.Optimizer,
+                 context: Distributed) -> RunState:
+    """A fresh state, or the checkpoint's when resuming; refuses to overwrite a run by accident."""
+    path = Path(options.out) / CHECKPOINT_NAME
+    if not options.resume:
+        if path.exists():
+            raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+        return RunState(0, config.iterations)
+    if not path.exists():
+        logger.info("no checkpoint in %s: starting from iteration 0", options.out)
+        return RunState(0, config.iterations)
+    checkpoint = torch.load(path, map_location=context.device, weights_only=True)
+    if checkpoint["config"] != config.to_json():
+        raise ValueError(f"{path}: the checkpoint was made with another configuration; use a new --out")
+    if checkpoint["world_size"] != context.world_size:
+        logger.warning("resuming a run of %d processes with %d: the batches differ from an uninterrupted run",
+                       checkpoint["world_size"], context.world_size)
+    network.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    logger.info("resumed %s at iteration %d of %d", config.role, checkpoint["iteration"], checkpoint["total"])
+    return RunState(int(checkpoint["iteration"]), int(checkpoint["total"]), list(checkpoint["history"]))
+
+
+def _cases(options: TrainOptions) -> tuple[list[CachedCase], list[CachedCase], bool]:
+    """(training cases, validation cases, whether those are held out)."""
+    cases = open_cache(options.cache)
+    if not cases:
+        raise FileNotFoundError(f"{options.cache}: no prepared cases (run 'kidneytumorseg-train prepare' first)")
+    train_ids, held_ids = split_cases([c.case_id for c in cases], options.fold, options.folds, options.split_seed)
+    by_id = {c.case_id: c for c in cases}
+    train_cases = [by_id[c] for c in train_ids]
+    held = [by_id[c] for c in held_ids]
+    return train_cases, held or train_cases[:TRAIN_SET_VALIDATION_CASES], bool(held)
+
+
+def _summary(config: TrainConfig, options: TrainOptions, context: Distributed, state: RunState,
+             train_cases: list[CachedCase], val_cases: list[CachedCase], held_out: bool, finished: bool,
+             seconds: float, checksums: list[float]) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    return {
+        "role": config.role,
+        "finished": finished,
+        "architecture": config.spec.architecture,
+        "params": config.network_params(),
+        "patch_size": list(config.spec.patch_size),
+        "config": config.to_json(),
+        "spec_deviations": config.spec_deviations(),
+        "cache": str(Path(options.cache).resolve()),
+        "fold": options.fold, "folds": options.folds, "split_seed": options.split_seed,
+        "training_cases": [c.case_id for c in train_cases],
+        "validation_cases": [c.case_id for c in val_cases],
+        "validation_held_out": held_out,
+        "iteration": state.iteration, "total_iterations": state.total,
+        "validation": last,
+        "history": state.history,
+        "world_size": context.world_size, "device": str(context.device), "amp": options.amp,
+        "seconds_this_run": round(seconds, 1),
+        "rank_checksums": checksums,
+    }
+
+
+def _checksum(network: nn.Module) -> float:
+    """Sum of all weights (float64): equal on every DDP rank when they are in sync."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in network.parameters()))
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if amp_dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
+def _set_threads(options: TrainOptions, context: Distributed) -> None:
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    elif context.active and context.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def _progress_bar(options: TrainOptions, context: Distributed, state: RunState):
+    if not (options.progress and context.is_main):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=state.total, initial=state.iteration, unit="it", desc="train")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``run.json`` summary of a run folder."""
+    path = Path(run_dir) / RUN_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a training run (no {RUN_NAME})")
+    return json.loads(path.read_text())
