@@ -15,6 +15,7 @@ the stage-2 margin.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -60,6 +61,7 @@ def run_single(args: argparse.Namespace) -> dict:
     from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
     from KidneyTumorSegLib.imageio import read_image, write_label_map
     from KidneyTumorSegLib.metrics import kits_dice
+    from KidneyTumorSegLib.settings import DEFAULT_SETTINGS
     from KidneyTumorSegLib.stage1 import stage2_crop
 
     if args.threads:
@@ -68,7 +70,11 @@ def run_single(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     bundle = load_bundle(args.bundle)
     timings["load_bundle"] = time.perf_counter() - start
-    cascade = Cascade(bundle, InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size))
+    settings = DEFAULT_SETTINGS
+    if args.crop_from_truth:  # untrained stage 1: time its network, not a refinement of a random box
+        settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, refine_enabled=False))
+    cascade = Cascade(bundle, InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size,
+                                               settings=settings))
     if cascade.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     begin = time.perf_counter()

@@ -136,6 +136,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold split (default 0)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"), help="autocast on GPU")
+    parser.add_argument("--workers", type=int, default=1, help="cases evaluated at once, in processes (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     parser.set_defaults(run=_cmd_evaluate)
 
@@ -145,7 +146,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training_tools.evaluate import evaluate_bundle
 
     summary = evaluate_bundle(args.data, args.bundle, args.out, args.fold, args.folds, args.split_seed,
-                              InferenceOptions(device=args.device, amp=args.amp), progress=not args.no_progress)
+                              InferenceOptions(device=args.device, amp=args.amp), progress=not args.no_progress,
+                              workers=args.workers)
     logger.info("%d cases: kidney Dice %.4f, tumor Dice %.4f, mean %.4f", summary["cases"], summary["kidney_dice"],
                 summary["tumor_dice"], summary["mean_dice"])
     return 0

@@ -49,6 +49,7 @@ DEMO_DESCRIPTION = (
 )
 MASK_LICENSE = "CC-BY-NC-SA-4.0"  # the KiTS19 masks the phantoms are built from
 EVAL_RESERVE_S = {"cuda": 90.0, "cpu": 900.0}  # time kept for export and evaluation under a budget
+STARTUP_ALLOWANCE_S = 20.0  # a training process's start (imports, CUDA) before its own budget clock runs
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: i
     while todo or running:
         while todo and len(running) < jobs:
             role = todo.pop(0)
-            budget = None if deadline is None else deadline - time.time()
+            budget = None if deadline is None else deadline - time.time() - STARTUP_ALLOWANCE_S
             log = open(runs_dir / f"{role}.log", "a")
             command = train_command(role, preset, cache_dir, runs_dir / role, device, threads, budget)
             running[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -206,7 +207,7 @@ def demo_bundle(options: DemoOptions) -> dict[str, Any]:
     shutil.rmtree(draft, ignore_errors=True)
     export_bundle(runs, draft, **metadata, half=True)
     summary = evaluate_bundle(eval_dir, draft, work / "evaluation", fold=None,
-                              options=InferenceOptions(device=str(device)))
+                              options=InferenceOptions(device=str(device)), workers=options.workers or default_workers())
     evaluation = {k: summary[k] for k in ("kidney_dice", "tumor_dice", "mean_dice", "cases", "median_kidney_dice",
                                           "median_tumor_dice", "mean_seconds", "device")}
     evaluation["held_out_masks"] = held_out

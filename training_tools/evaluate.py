@@ -17,10 +17,11 @@ import numpy as np
 from KidneyTumorSegLib.bundle import load_bundle
 from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
 from KidneyTumorSegLib.imageio import read_image
+from KidneyTumorSegLib.inference import pick_device
 from KidneyTumorSegLib.metrics import evaluate_case, summarise
 from KidneyTumorSegLib.stage1 import NoKidneyFound
 
-from .cache import KitsCase, find_kits_cases, progress_bar
+from .cache import KitsCase, find_kits_cases, run_parallel
 from .splits import split_cases
 
 logger = logging.getLogger(__name__)
@@ -63,24 +64,36 @@ def evaluate_one(cascade: Cascade, case: KitsCase) -> dict[str, Any]:
     return row
 
 
+_CASCADES: dict[tuple[str, InferenceOptions], Cascade] = {}  # one per bundle and options in each process
+
+
+def _evaluate_job(job: tuple[KitsCase, str, InferenceOptions]) -> dict[str, Any]:
+    case, bundle_path, options = job
+    key = (bundle_path, options)
+    if key not in _CASCADES:
+        _CASCADES[key] = Cascade(load_bundle(bundle_path), options)
+    row = evaluate_one(_CASCADES[key], case)
+    logger.info("%s: kidney Dice %.4f, tumor Dice %.4f (%.1f s)", case.case_id, row["kidney_dice"],
+                row["tumor_dice"], row["seconds"])
+    return row
+
+
 def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike, out_dir: str | os.PathLike,
                     fold: int | None = 0, folds: int = 5, seed: int = 0,
-                    options: InferenceOptions = InferenceOptions(), progress: bool = True) -> dict[str, Any]:
-    """Run the cascade of a bundle on the held-out cases; writes ``per_case.csv``, ``summary.json``
-    and ``boxplot.png`` into ``out_dir`` and returns the summary."""
+                    options: InferenceOptions = InferenceOptions(), progress: bool = True,
+                    workers: int = 1) -> dict[str, Any]:
+    """Run the cascade of a bundle on the held-out cases, ``workers`` cases at a time (processes);
+    writes ``per_case.csv``, ``summary.json`` and ``boxplot.png`` into ``out_dir`` and returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = evaluation_cases(data_dir, fold, folds, seed)
-    cascade = Cascade(load_bundle(bundle_path), options)
-    rows = []
-    for case in progress_bar(cases, len(cases), "evaluate", progress):
-        rows.append(evaluate_one(cascade, case))
-        logger.info("%s: kidney Dice %.4f, tumor Dice %.4f (%.1f s)", case.case_id, rows[-1]["kidney_dice"],
-                    rows[-1]["tumor_dice"], rows[-1]["seconds"])
+    load_bundle(bundle_path)  # fail early on a bad bundle
+    jobs = [(case, str(bundle_path), options) for case in cases]
+    rows = sorted(run_parallel(_evaluate_job, jobs, workers, "evaluate", progress), key=lambda r: r["case_id"])
     write_rows(out_dir / CSV_NAME, rows)
     summary = summarise_rows(rows)
     summary.update({"bundle": str(Path(bundle_path).resolve()), "data": str(Path(data_dir).resolve()),
-                    "fold": fold, "folds": folds, "split_seed": seed, "device": str(cascade.device),
+                    "fold": fold, "folds": folds, "split_seed": seed, "device": str(pick_device(options.device)),
                     "cases_evaluated": [r["case_id"] for r in rows]})
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     plot_boxes(rows, out_dir / BOXPLOT_NAME, f"{Path(bundle_path).name}: {len(rows)} cases")

@@ -58,8 +58,8 @@ BUDGET_RESERVE = 0.1  # share of the remaining time kept for validation, checkpo
 class TrainOptions:
     """How to run a training (the config says what to train).
 
-    ``fold`` None trains on every cached case. ``time_budget_s``: after a short speed measurement
-    the total iterations are lowered (never raised) so the run ends within the budget.
+    ``fold`` None trains on every cached case. ``time_budget_s``: the total iterations follow the
+    measured speed so the run ends within the budget, never above the configured iterations.
     ``stop_after``: leave after this many iterations of this run with a checkpoint (resume later).
     """
 
@@ -152,7 +152,7 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
     weights = LossWeights(**config.loss_weights)
     sums: dict[str, float] = {"loss": 0.0, "seg_loss": 0.0, "reg_loss": 0.0}
     counted, interval_start = 0, time.perf_counter()
-    budget_mark: float | None = None
+    budget = TimeBudget(options.time_budget_s, config.iterations, context, start) if options.time_budget_s else None
     bar = _progress_bar(options, context, state)
     while state.iteration < state.total and not (options.stop_after and state.iteration - start >= options.stop_after):
         lr = poly_lr(config.learning_rate, state.iteration, state.total, config.poly_power)
@@ -175,11 +175,8 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
         counted += 1
         if bar is not None:
             bar.update(1)
-        done_this_run = state.iteration - start
-        if options.time_budget_s and done_this_run == BUDGET_WARMUP:
-            budget_mark = time.perf_counter()
-        if options.time_budget_s and budget_mark is not None and done_this_run == BUDGET_WARMUP + BUDGET_MEASURE:
-            state.total = _fit_budget(options, context, state, (time.perf_counter() - budget_mark) / BUDGET_MEASURE)
+        if budget is not None:
+            budget.step(state)
             if bar is not None:
                 bar.total = state.total
         last = state.iteration >= state.total
@@ -210,16 +207,36 @@ def _validate(config: TrainConfig, context: Distributed, network: nn.Module, amp
     context.barrier()
 
 
-def _fit_budget(options: TrainOptions, context: Distributed, state: RunState, seconds_per_iteration: float) -> int:
-    """Total iterations that end the run within the time budget (rank 0 decides for all)."""
-    elapsed = time.perf_counter() - state.started
-    remaining = (options.time_budget_s - elapsed) * (1.0 - BUDGET_RESERVE)
-    affordable = state.iteration + max(0, int(remaining / max(seconds_per_iteration, 1e-6)))
-    total = context.broadcast_int(min(state.total, max(affordable, state.iteration)))
-    if total < state.total:
-        logger.info("time budget %.0f s at %.3f s/iteration: %d iterations instead of %d",
-                    options.time_budget_s, seconds_per_iteration, total, state.total)
-    return total
+class TimeBudget:
+    """Fits the total iterations to a time budget, from the measured speed.
+
+    After ``BUDGET_WARMUP`` iterations of this run, the speed is measured every
+    ``BUDGET_MEASURE`` iterations and the total set so the run ends within the budget (less a
+    reserve), never above the configured iterations. Rank 0 decides for every process.
+    """
+
+    def __init__(self, seconds: float, ceiling: int, context: Distributed, first_iteration: int):
+        self.seconds, self.ceiling, self.context = seconds, ceiling, context
+        self.first = first_iteration
+        self.mark: tuple[int, float] | None = None
+
+    def step(self, state: RunState) -> None:
+        """Call after every iteration; may change ``state.total``."""
+        done = state.iteration - self.first
+        if done == BUDGET_WARMUP:
+            self.mark = (state.iteration, time.perf_counter())
+        if self.mark is None or done < BUDGET_WARMUP + BUDGET_MEASURE or (done - BUDGET_WARMUP) % BUDGET_MEASURE:
+            return
+        now = time.perf_counter()
+        seconds_per_iteration = (now - self.mark[1]) / (state.iteration - self.mark[0])
+        self.mark = (state.iteration, now)
+        remaining = (self.seconds - (now - state.started)) * (1.0 - BUDGET_RESERVE)
+        affordable = state.iteration + max(0, int(remaining / max(seconds_per_iteration, 1e-6)))
+        total = self.context.broadcast_int(min(self.ceiling, affordable))
+        if abs(total - state.total) > 0.02 * state.total:
+            logger.info("time budget %.0f s at %.3f s/iteration: %d iterations in all", self.seconds,
+                        seconds_per_iteration, total)
+            state.total = total
 
 
 def _checkpoint(config: TrainConfig, options: TrainOptions, context: Distributed, network: nn.Module,
@@ -313,6 +330,8 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib
 
 
 def _set_threads(options: TrainOptions, context: Distributed) -> None:
+    if context.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
     if options.threads:
         torch.set_num_threads(options.threads)
     elif context.active and context.device.type == "cpu":

@@ -109,7 +109,7 @@ class Cascade:
         if self.device.type == "cuda":
             window = self.bundle.intensity
             working = to_working_frame_torch(image.array, frame, self.device, order=1)
-            scaled = (working.clamp_(window.hu_min, window.hu_max) - window.hu_min) / (window.hu_max - window.hu_min)
+            scaled = (working.clamp(window.hu_min, window.hu_max) - window.hu_min) / (window.hu_max - window.hu_min)
             normalized = scaled.cpu().numpy()
         else:
             normalized = normalize_hu(to_working_frame(image.array, frame, order=1), self.bundle.intensity)
