@@ -5,7 +5,6 @@ import csv
 import json
 from types import SimpleNamespace
 
-import nibabel as nib
 import numpy as np
 import pytest
 

@@ -206,9 +206,15 @@ def run_parallel(function: Callable, jobs: Sequence, workers: int, description: 
         results = map(function, jobs)
         return list(progress_bar(results, len(jobs), description, progress))
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs))) as pool:
+    level = logging.getLogger().getEffectiveLevel()
+    with context.Pool(min(workers, len(jobs)), initializer=_worker_logging, initargs=(level,)) as pool:
         results = pool.imap_unordered(function, jobs)
         return list(progress_bar(results, len(jobs), description, progress))
+
+
+def _worker_logging(level: int) -> None:
+    """Log from a pool worker at the parent's level (spawned processes start unconfigured)."""
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
 
 
 def progress_bar(items: Iterable, total: int, description: str, enabled: bool = True) -> Iterable:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -175,8 +175,3 @@ def load_config(role_or_path: str, preset: str | None = None, overrides: Mapping
 def all_configs(preset: str | None = None) -> dict[str, TrainConfig]:
     """The twelve configs, in cascade order."""
     return {role: load_config(role, preset) for role in ROLES}
-
-
-def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """``dataclasses.replace`` for configs."""
-    return replace(config, **changes)

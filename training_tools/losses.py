@@ -56,17 +56,17 @@ class LossWeights:
 
 def total_loss(seg_logits: torch.Tensor, regression: torch.Tensor | None, seg_target: torch.Tensor,
                reg_target: torch.Tensor, segmentation_loss: str,
-               weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+               weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Segmentation loss (``"dice"`` or ``"bce"``) plus WMSE of the regression head; returns the
-    total and its parts (as floats, for logs)."""
+    total and its parts, detached, for logs (tensors: reading them waits for the device)."""
     if segmentation_loss not in SEGMENTATION_LOSSES:
         raise ValueError(f"segmentation loss must be one of {sorted(SEGMENTATION_LOSSES)}, got {segmentation_loss!r}")
     seg = SEGMENTATION_LOSSES[segmentation_loss](seg_logits, seg_target)
     total = weights.segmentation * seg
-    parts = {"seg_loss": float(seg.detach())}
+    parts = {"seg_loss": seg.detach()}
     if regression is not None:
         reg = wmse_loss(regression, reg_target)
         total = total + weights.regression * reg
-        parts["reg_loss"] = float(reg.detach())
-    parts["loss"] = float(total.detach())
+        parts["reg_loss"] = reg.detach()
+    parts["loss"] = total.detach()
     return total, parts

@@ -150,7 +150,7 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
           state: RunState, log: ScalarLog | None, val_samples: list) -> None:
     start = state.iteration
     weights = LossWeights(**config.loss_weights)
-    sums: dict[str, float] = {"loss": 0.0, "seg_loss": 0.0, "reg_loss": 0.0}
+    sums: dict[str, torch.Tensor | float] = {"loss": 0.0, "seg_loss": 0.0, "reg_loss": 0.0}  # on the device
     counted, interval_start = 0, time.perf_counter()
     budget = TimeBudget(options.time_budget_s, config.iterations, context, start) if options.time_budget_s else None
     bar = _progress_bar(options, context, state)
@@ -181,7 +181,7 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
                 bar.total = state.total
         last = state.iteration >= state.total
         if state.iteration % config.log_interval == 0 or last:
-            means = context.mean([sums[k] / counted for k in sums])
+            means = context.mean([float(sums[k]) / counted for k in sums])
             seconds = (time.perf_counter() - interval_start) / counted
             if log is not None:
                 log.write(state.iteration, {"lr": lr, **dict(zip(sums, means)), "seconds_per_iteration": seconds})

@@ -70,7 +70,7 @@ class Parameters:
     bundle_path: str = ""
     device: str = "auto"
     members: tuple[str, ...] = ()
-    overlap: float = 0.5
+    overlap: float = 0.25
     min_tumor_pixels: int = DEFAULT_SETTINGS.fusion.min_tumor_component_pixels
     show_segmentation_box: bool = True
     show_landmark_box: bool = True

@@ -80,7 +80,7 @@ class RunOptions:
     bundle: str = ""
     device: str = "auto"
     members: tuple[str, ...] = ()
-    overlap: float = 0.5
+    overlap: float = 0.25
     min_tumor_pixels: int = 64
 
     def argv(self) -> list[str]:

@@ -35,7 +35,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default: the shipped demo bundle)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--members", default=None, help="comma-separated stage-2 models to use, e.g. KT,K1,T-vnet (default: all in the bundle)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=2, help="3D patches per batch (default 2)")
     parser.add_argument("--min-tumor-pixels", type=int, default=DEFAULT_SETTINGS.fusion.min_tumor_component_pixels,
                         help="keep per-slice tumor components larger than this (default 64)")
