@@ -163,19 +163,22 @@ class Cascade:
         return case.kidney_cache[box]
 
     # -- stage 1 -----------------------------------------------------------------------------
+    def _refiner(self, case: PreparedCase, progress: ProgressReport,
+                 cancel: CancelCallback | None) -> Callable[[Box], np.ndarray] | None:
+        """The over-prediction rule's model: KT when configured, else mean(K1, K2); None without them."""
+        if self.settings.stage1.refine_with == "KT":
+            return lambda box: self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel)[0]
+        if any(r in self.members for r in KIDNEY_ROLES):
+            return lambda box: self._kidney_probability(case, box, progress, cancel, "stage1")
+        return None
+
     def locate(self, case: PreparedCase, progress: ProgressReport = _silent, cancel: CancelCallback | None = None) -> Stage1Result:
         """Stage 1 with mixed cropping; the kidney models refine the box when the bundle has them."""
         factor = self.settings.geometry.downsample_factor
         down = downsample_mean(case.normalized, factor)
         outputs = self._run_3d("stage1", down, "seg+reg", progress, "stage1", cancel)
-        refine = None
-        if self.settings.stage1.refine_with == "KT":
-            def refine(box: Box) -> np.ndarray:
-                return self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel)[0]
-        elif any(r in self.members for r in KIDNEY_ROLES):
-            def refine(box: Box) -> np.ndarray:
-                return self._kidney_probability(case, box, progress, cancel, "stage1")
         start = time.perf_counter()
+        refine = self._refiner(case, progress, cancel)
         result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings)
         self.timings["mixed_cropping"] = time.perf_counter() - start  # includes the kidney models' runs
         for decision in result.decisions:

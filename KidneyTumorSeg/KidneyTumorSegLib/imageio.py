@@ -135,6 +135,16 @@ def _checked_3d(image: Image, path: Path) -> Image:
     return image
 
 
+def check_output_path(path: Path, overwrite: bool) -> None:
+    """Refuse an output that exists (unless ``overwrite``) or whose folder is missing or read-only."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise OSError(f"{path.parent}: output folder does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{path.parent}: output folder is not writable")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -143,12 +153,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     ``overwrite``.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise OSError(f"{path.parent}: output folder does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"{path.parent}: output folder is not writable")
+    check_output_path(path, overwrite)
     suffix = ".seg.nrrd" if path.name.lower().endswith(".seg.nrrd") else image_suffix(path) or path.suffix
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(handle)

@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from ..boxes import Box
 from ..bundle import ModelBundle, default_bundle_path, load_bundle
 from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
 from ..geometry import WorkingFrame, working_frame_for
-from ..imageio import Image, OutputExistsError, atomic_output, image_suffix, read_image, write_label_map
+from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_label_map
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
 from ..report import box_from_json, box_json, stage1_json
@@ -99,12 +98,7 @@ def refuse_existing(paths: list[Path | None], overwrite: bool) -> None:
             continue
         if path.is_dir():
             raise IsADirectoryError(f"{path}: is a folder; give a file name")
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
-        if not path.parent.is_dir():
-            raise OSError(f"{path.parent}: output folder does not exist")
-        if not os.access(path.parent, os.W_OK):
-            raise PermissionError(f"{path.parent}: output folder is not writable")
+        check_output_path(path, overwrite)
 
 
 def stage1_plan(cascade: Cascade) -> list[str]:
