@@ -49,13 +49,13 @@ def _recording(cascade: Cascade) -> list[tuple[str, str, tuple[int, ...]]]:
     calls: list[tuple[str, str, tuple[int, ...]]] = []
     run_3d, run_2d = cascade._run_3d, cascade._run_2d
 
-    def record_3d(role, volume, output, report, stage, cancel):
+    def record_3d(role, volume, output, report, stage, cancel, region=None):
         calls.append((role, stage, volume.shape))
-        return run_3d(role, volume, output, report, stage, cancel)
+        return run_3d(role, volume, output, report, stage, cancel, region)
 
-    def record_2d(role, volume, report, cancel):
+    def record_2d(role, volume, report, cancel, region=None):
         calls.append((role, "stage2", volume.shape))
-        return run_2d(role, volume, report, cancel)
+        return run_2d(role, volume, report, cancel, region)
 
     cascade._run_3d, cascade._run_2d = record_3d, record_2d
     return calls

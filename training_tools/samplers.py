@@ -12,7 +12,8 @@ reaches past the region it must stay in, the patch is filled with 0 there.
 - :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches in the
   ground-truth tumor box expanded by 8 x 16 x 16, zero-padded where that box is smaller.
 - :class:`TumorSliceSampler` (2D U-Nets): every slice of the crop along the model's axis that
-  holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller.
+  holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller. The
+  boundary target is SPEC's (made per axial slice), cut along the model's axis like the image.
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ def predict_along_axis(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     out_dtype: type[np.floating] = np.float32,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run ``predictor2d`` (``[B, 1, H, W] -> [B, C, H, W]``) on every slice of a ``[Z, Y, X]``
     volume along ``axis``; returns ``[C, Z, Y, X]`` ``out_dtype``.
@@ -39,6 +40,8 @@ def predict_along_axis(
     Slices are zero-padded (evenly before / after) to multiples of ``divisor`` -- the networks
     are fully convolutional, so no larger patch is needed -- and cropped back.
     ``progress(done, total)`` counts slices; ``cancel()`` is polled before each batch.
+    ``region`` (bool ``[Z, Y, X]``): only slices holding a region voxel run (each slice is
+    predicted alone, so their values are exact); the others are 0.
     """
     if volume.ndim != 3:
         raise ValueError(f"volume must be [Z, Y, X], got shape {volume.shape}")
@@ -50,7 +53,11 @@ def predict_along_axis(
     widths = pad_widths(plane, round_up(plane, divisor))
     padded = pad(slices, widths)
     crop = (slice(None), slice(None), *unpad_slices(padded.shape[1:], widths))
-    stack = torch.from_numpy(np.ascontiguousarray(padded)).to(torch.device(device))
+    if region is None:
+        chosen = np.arange(slices.shape[0])
+    else:
+        chosen = np.flatnonzero(np.moveaxis(np.asarray(region, bool), array_axis, 0).reshape(slices.shape[0], -1).any(axis=1))
+    stack = torch.from_numpy(np.ascontiguousarray(padded[chosen])).to(torch.device(device))
     total = stack.shape[0]
     logger.debug("%s slices: %d of %s padded to %s", axis, total, plane, padded.shape[1:])
     out: np.ndarray | None = None  # [N, C, H, W]
@@ -61,9 +68,11 @@ def predict_along_axis(
         if pred.ndim != 4 or pred.shape[0] != batch.shape[0] or pred.shape[2:] != batch.shape[2:]:
             raise ValueError(f"predictor returned {tuple(pred.shape)} for {tuple(batch.shape)}")
         if out is None:
-            out = np.empty((total, pred.shape[1], *plane), dtype=out_dtype)
-        out[first:first + batch.shape[0]] = pred[crop].float().cpu().numpy()
+            out = np.zeros((slices.shape[0], pred.shape[1], *plane), dtype=out_dtype)
+        out[chosen[first:first + batch.shape[0]]] = pred[crop].float().cpu().numpy()
         if progress is not None:
             progress(first + batch.shape[0], total)
+    if out is None:  # no slice chosen
+        out = np.zeros((slices.shape[0], 1, *plane), dtype=out_dtype)
     # [N, C, H, W] -> [C, N, H, W] -> slice axis back to its place in [C, Z, Y, X]
     return np.ascontiguousarray(np.moveaxis(np.moveaxis(out, 1, 0), 1, array_axis + 1))

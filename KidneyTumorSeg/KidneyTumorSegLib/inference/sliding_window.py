@@ -78,6 +78,7 @@ def sliding_window_predict(
     cancel: CancelCallback | None = None,
     out_dtype: type[np.floating] = np.float32,
     accumulate_device: torch.device | str | None = None,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Predict a whole ``[Z, Y, X]`` volume patch by patch; returns ``[C, Z, Y, X]`` ``out_dtype``.
 
@@ -86,6 +87,10 @@ def sliding_window_predict(
     map, summed in float32 on ``accumulate_device`` (default: ``device``) and divided by the summed
     weights. ``progress(done, total)`` is called after each batch; ``cancel()`` is polled before
     each batch and raises :class:`Cancelled` when it returns True.
+
+    ``region`` (bool ``[Z, Y, X]``): only patches holding a region voxel run. Every region voxel
+    gets exactly the value of a run without ``region`` (the patches covering it all run); voxels
+    no kept patch covers are 0, and with no patch at all the result is zeros with 1 channel.
     """
     if volume.ndim != 3:
         raise ValueError(f"volume must be [Z, Y, X], got shape {volume.shape}")
@@ -103,6 +108,11 @@ def sliding_window_predict(
     grid = list(itertools.product(*(
         patch_starts(size, p, overlap) for size, p in zip(padded.shape, patch)
     )))
+    if region is not None:
+        inside = pad(np.asarray(region, dtype=bool), widths)
+        grid = [start for start in grid if inside[tuple(slice(a, a + p) for a, p in zip(start, patch))].any()]
+        if not grid:
+            return np.zeros((1, *volume.shape), dtype=out_dtype)
     total = len(grid)
     logger.debug("sliding window: volume %s, patch %s, %d patches", volume.shape, patch, total)
     summed: torch.Tensor | None = None
@@ -122,6 +132,6 @@ def sliding_window_predict(
             weights[box] += importance
         if progress is not None:
             progress(min(first + batch_size, total), total)
-    summed /= weights
+    summed /= weights.clamp_min_(1e-12)  # 0 where no kept patch reached (region runs only)
     result = summed[(slice(None), *unpad_slices(padded.shape, widths))]
     return result.cpu().numpy().astype(out_dtype, copy=False)
