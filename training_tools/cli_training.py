@@ -198,7 +198,7 @@ def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--preset", default=None, help="default demo-gpu on CUDA, else demo-cpu")
     parser.add_argument("--workers", type=int, default=None, help="processes building phantoms (default min(4, CPUs))")
-    parser.add_argument("--jobs", type=int, default=None, help="models trained at once (default all twelve)")
+    parser.add_argument("--jobs", type=int, default=None, help="models trained at once (default: twelve on a GPU, one per core on the CPU)")
     parser.add_argument("--eval-cases", type=int, default=10, help="masks held out for evaluation (the last N)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
     parser.add_argument("--budget-minutes", type=float, default=None, help="end everything within this time")

@@ -4,12 +4,13 @@
    go straight into the training cache (built in memory, the same volumes the ``phantoms``
    command writes); held-out phantoms are written in KiTS19 layout for the evaluation.
 2. The twelve models train as separate ``kidneytumorseg-train train`` processes, ``jobs`` at a time
-   (default: all at once, sharing the GPU or the CPU cores); each resumes where it stopped.
+   (default: all twelve at once on a GPU, one per core on the CPU), the dearest first; each
+   resumes where it stopped.
 3. The runs are exported, the bundle is evaluated with the whole cascade on the held-out
    phantoms, and the final bundle is exported with those metrics in its provenance.
 
-With a time budget, every stage's remaining time is handed to the training processes, which
-lower their iteration counts to fit (never raise them).
+With a time budget, each training process gets the time left until the training deadline and
+fits its iteration count to it (never above the preset's).
 """
 from __future__ import annotations
 
@@ -151,11 +152,23 @@ def run_finished(run_dir: Path) -> bool:
     return path.is_file() and bool(json.loads(path.read_text()).get("finished"))
 
 
+def expected_cost(role: str, preset: str) -> float:
+    """A rough relative training cost of a role (iterations x batch x patch voxels x width), to start the dearest first."""
+    config = load_config(role, preset)
+    return float(config.iterations * config.batch_size * np.prod(config.effective_patch_size) * config.base_channels)
+
+
+def default_jobs(device_type: str) -> int:
+    """Processes trained at once: all twelve on a GPU; one per core on the CPU (one thread each)."""
+    return len(ROLES) if device_type == "cuda" else max(1, os.cpu_count() or 1)
+
+
 def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: int,
               deadline: float | None) -> list[Path]:
-    """Train every role not yet finished, ``jobs`` processes at a time; returns the run folders."""
+    """Train every role not yet finished, ``jobs`` processes at a time, dearest first; each process
+    gets the time left until ``deadline`` as its budget. Returns the run folders."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in ROLES if not run_finished(runs_dir / r)]
+    todo = sorted((r for r in ROLES if not run_finished(runs_dir / r)), key=lambda r: -expected_cost(r, preset))
     threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(todo) or 1)))
     running: dict[str, subprocess.Popen] = {}
     failed = []
@@ -199,7 +212,7 @@ def demo_bundle(options: DemoOptions) -> dict[str, Any]:
     build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, options.workers or default_workers())
     logger.info("data ready after %.0f s", time.time() - started)
     train_deadline = None if deadline is None else deadline - EVAL_RESERVE_S[device.type]
-    runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or len(ROLES), train_deadline)
+    runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or default_jobs(device.type), train_deadline)
     logger.info("training done after %.0f s", time.time() - started)
     held_out = [case_name(m) for m in masks[len(masks) - options.eval_cases:]]
     metadata = _demo_metadata(options, preset, masks, held_out)

@@ -1,0 +1,44 @@
+"""Pieces of the demo-bundle command: orientation of the masks, scheduling, the train command line."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from KidneyTumorSegLib.networks.registry import ROLES
+from training_tools.cache import working_arrays
+from training_tools.demo_bundle import DEMO_DESCRIPTION, default_jobs, expected_cost, ipl_labels, train_command
+
+
+def test_masks_turned_to_ipl_give_the_same_working_frame_as_the_file(real_kits_crops, tmp_path):
+    mask = min(real_kits_crops.values(), key=lambda m: np.prod(m.shape))
+    ras = mask.as_reoriented(nib.orientations.ornt_transform(nib.orientations.io_orientation(mask.affine),
+                                                             nib.orientations.axcodes2ornt(("R", "A", "S"))))
+    path = tmp_path / "case_00000.nii.gz"
+    nib.save(ras, str(path))
+    labels, affine, spacing = ipl_labels(path)
+    assert nib.aff2axcodes(affine) == ("I", "P", "L")
+    assert spacing == tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    original = np.asarray(ras.dataobj, dtype=np.uint8)
+    fake_ct = original.astype(np.float32) * 100.0
+    turned_ct = labels.astype(np.float32) * 100.0
+    from_file = working_arrays(fake_ct, original, ras.affine)
+    from_ipl = working_arrays(turned_ct, labels, affine)
+    np.testing.assert_array_equal(from_file[1], from_ipl[1])
+    np.testing.assert_allclose(from_file[0], from_ipl[0], atol=1e-6)
+
+
+def test_dearest_models_start_first_and_jobs_follow_the_device():
+    order = sorted(ROLES, key=lambda r: -expected_cost(r, "demo-cpu"))
+    assert order[:3] == ["KT", "K1", "K2"]
+    assert default_jobs("cuda") == 12 and default_jobs("cpu") >= 1
+
+
+def test_train_command_resumes_with_a_budget(tmp_path):
+    command = train_command("K1", "demo-gpu", tmp_path / "cache", tmp_path / "runs" / "K1", "cuda", 1, 200.4)
+    assert command[1:4] == ["-m", "training_tools.cli", "train"]
+    assert "--resume" in command and command[command.index("--time-budget-s") + 1] == "200"
+    assert command[command.index("--fold") + 1] == "all"
+
+
+def test_demo_description_says_it_is_not_clinical():
+    assert "NOT A CLINICAL MODEL" in DEMO_DESCRIPTION and "phantom" in DEMO_DESCRIPTION
