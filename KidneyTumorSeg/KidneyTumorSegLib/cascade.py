@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
 from .boxes import Box
 from .bundle import ModelBundle
 from .fusion import assign_labels, average_probabilities, clean_tumor
@@ -24,6 +26,7 @@ from .preprocessing import downsample_mean, normalize_hu
 from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, MethodSettings
 from .stage1 import Stage1Result, choose_crop
+from .validation import check_memory
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,7 @@ class Cascade:
         """
         start = time.perf_counter()
         frame = working_frame_for(image.array.shape, image.affine)
+        check_memory(frame.shape)
         if self.device.type == "cuda":
             window = self.bundle.intensity
             working = to_working_frame_torch(image.array, frame, self.device, order=1)
@@ -130,12 +134,16 @@ class Cascade:
                 cancel: CancelCallback | None, region: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
         entry = self.bundle.entries[role]
-        predictor = make_predictor(self.bundle.networks[role], self.device, self.amp_dtype, output)
-        result = sliding_window_predict(
-            volume, predictor, entry.patch_size, overlap=self.options.overlap, batch_size=self.options.batch_size,
-            device=self.device, progress=lambda done, total: report(stage, role, done / total), cancel=cancel,
-            out_dtype=np.float16 if output == "seg" else np.float32, region=region,
-        )
+
+        def run(batch_size: int, device: torch.device) -> np.ndarray:
+            predictor = make_predictor(self.bundle.networks[role], device, self.amp_dtype if device.type == "cuda" else None, output)
+            return sliding_window_predict(
+                volume, predictor, entry.patch_size, overlap=self.options.overlap, batch_size=batch_size,
+                device=device, progress=lambda done, total: report(stage, role, done / total), cancel=cancel,
+                out_dtype=np.float16 if output == "seg" else np.float32, region=region,
+            )
+
+        result = self._with_memory_fallback(role, run, self.options.batch_size)
         self.timings[role] = self.timings.get(role, 0.0) + time.perf_counter() - start
         return result
 
@@ -143,15 +151,36 @@ class Cascade:
                 region: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
         entry = self.bundle.entries[role]
-        predictor = make_predictor(self.bundle.networks[role], self.device, self.amp_dtype, "seg")
-        result = predict_along_axis(
-            volume, predictor, ROLES[role].axis, batch_size=self.options.batch_size_2d, device=self.device,
-            divisor=required_divisor(entry.architecture, entry.params),
-            progress=lambda done, total: report("stage2", role, done / total), cancel=cancel, out_dtype=np.float16,
-            region=region,
-        )
+
+        def run(batch_size: int, device: torch.device) -> np.ndarray:
+            predictor = make_predictor(self.bundle.networks[role], device, self.amp_dtype if device.type == "cuda" else None, "seg")
+            return predict_along_axis(
+                volume, predictor, ROLES[role].axis, batch_size=batch_size, device=device,
+                divisor=required_divisor(entry.architecture, entry.params),
+                progress=lambda done, total: report("stage2", role, done / total), cancel=cancel, out_dtype=np.float16,
+                region=region,
+            )
+
+        result = self._with_memory_fallback(role, run, self.options.batch_size_2d)
         self.timings[role] = time.perf_counter() - start
         return result[0]
+
+    def _with_memory_fallback(self, role: str, run: Callable[[int, torch.device], np.ndarray], batch_size: int) -> np.ndarray:
+        """``run(batch_size, device)``; when the GPU runs out of memory, halve the batch, and at a
+        batch of one go on on the CPU -- saying so each time. The CPU fallback sticks for the run."""
+        while True:
+            try:
+                return run(batch_size, self.device)
+            except torch.cuda.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                if batch_size > 1:
+                    batch_size //= 2
+                    logger.warning("%s: out of GPU memory; retrying with batch size %d", role, batch_size)
+                else:
+                    self.device = torch.device("cpu")
+                    logger.warning("%s: out of GPU memory even at batch size 1; continuing on the CPU (slower)", role)
 
     def _kidney_probability(self, case: PreparedCase, box: Box, report: ProgressReport,
                             cancel: CancelCallback | None, stage: str = "stage2",

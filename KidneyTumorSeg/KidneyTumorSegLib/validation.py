@@ -48,3 +48,31 @@ def check_ct(image: Image, force: bool = False, checks: InputChecks = InputCheck
             f"image does not look like CT in Hounsfield units (range {low:g}..{high:g}, {100 * air:.2f} % below "
             f"{checks.air_hu:g} HU); use --force to segment it anyway"
         )
+
+
+BYTES_PER_WORKING_VOXEL = 16
+"""Peak bytes per working-frame voxel of a run: the resampled CT and its normalised copy
+(float32 each), the label map, and the stage-1 / kidney caches, measured with headroom."""
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still give (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(working_shape: tuple[int, int, int], available: int | None = None) -> None:
+    """Raise MemoryError, with the figures, when a working frame of ``working_shape`` cannot fit."""
+    available = available_memory_bytes() if available is None else available
+    needed = int(np.prod(working_shape, dtype=np.int64)) * BYTES_PER_WORKING_VOXEL
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"volume too large for the memory available: its working frame {tuple(working_shape)} needs about "
+            f"{needed / 2**30:.1f} GB, {available / 2**30:.1f} GB are free; crop the image or use a machine with more memory"
+        )
