@@ -207,6 +207,20 @@ def test_make_predictor_returns_sigmoid_and_raw_regression() -> None:
         make_predictor(VNet(base_channels=2, regression_channels=0), "cpu", output="seg+reg")(x)
 
 
+@pytest.mark.parametrize("net", [VNet(base_channels=2, regression_channels=5),
+                                 VNet(base_channels=2, regression_channels=1, branch_level="second_last")])
+def test_segmentation_only_skips_the_regression_decoder_and_keeps_the_segmentation(net) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, 16)
+    calls = []
+    net.reg_decoder.register_forward_hook(lambda *_: calls.append(1))
+    seg_only = make_predictor(net, "cpu", output="seg")(x)
+    assert calls == []
+    both = make_predictor(net, "cpu", output="seg+reg")(x)
+    assert calls == [1]
+    torch.testing.assert_close(seg_only, both[:, :1])
+
+
 def test_network_through_the_sliding_window_gives_probabilities() -> None:
     torch.manual_seed(0)
     predictor = make_predictor(VNet(base_channels=2), "cpu")

@@ -7,6 +7,7 @@ is a phantom CT built on a real KiTS19 mask (``--mask``), optionally padded or c
     python benchmarks/cascade_benchmark.py --mask Testing/Data/kits19/<case>.nii.gz \
         --bundle KidneyTumorSeg/Resources/Models/demo --modes cascade,full --out bench.json
     python benchmarks/cascade_benchmark.py --mask M --untrained paper --crop-from-truth --device cuda
+    python benchmarks/cascade_benchmark.py --mask M --slices 64,300,600 --threads 1,2   # depth and threads
 
 With an untrained bundle stage 1 predicts nothing useful, so ``--crop-from-truth`` still runs
 (and times) stage 1 but crops stage 2 like a trained stage 1 would: the true kidney box plus
@@ -118,16 +119,39 @@ def run_single(args: argparse.Namespace) -> dict:
     }
 
 
+def run_child(args: argparse.Namespace, mode: str, threads: str, image: Path, labels: Path) -> dict:
+    """One configuration in a child process (its own peak RSS and GPU memory): its JSON, or its error."""
+    command = [sys.executable, __file__, "--mode", mode, "--image", str(image), "--labels", str(labels),
+               "--bundle", str(args.bundle), "--device", args.device, "--threads", threads,
+               "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
+    if args.crop_from_truth:
+        command.append("--crop-from-truth")
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if done.returncode != 0:
+        return {"mode": mode, "threads": threads, "error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def speedups(runs: list[dict]) -> list[dict]:
+    """End-to-end seconds of ``full`` over ``cascade`` for each depth and thread count that has both."""
+    timed = {(r["slices"], r["threads"], r["mode"]): r["seconds_end_to_end"] for r in runs if "error" not in r}
+    return [{"slices": depth, "threads": threads, "speedup": round(timed[(depth, threads, "full")] / seconds, 2)}
+            for (depth, threads, mode), seconds in timed.items() if mode == "cascade" and (depth, threads, "full") in timed]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from KidneyTumorSegLib.cascade import InferenceOptions
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mask", type=Path, help="real KiTS19 mask to build the phantom case on")
-    parser.add_argument("--slices", type=int, default=None, help="pad / cut the slice axis to this many slices")
+    parser.add_argument("--slices", default=None,
+                        help="comma-separated slice counts to scale over: the slice axis is padded / cut to each")
     parser.add_argument("--bundle", type=Path, default=None)
     parser.add_argument("--untrained", default=None, help="build an untrained bundle of this width ('paper' = network defaults)")
     parser.add_argument("--modes", default="cascade,full", help="cascade and/or full (stage 2 over the whole volume)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", default="0", help="comma-separated torch thread counts to scale over (0 = default)")
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--overlap", type=float, default=InferenceOptions.overlap)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop-from-truth", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -147,26 +171,17 @@ def main(argv: list[str] | None = None) -> int:
 
             width = None if args.untrained == "paper" else int(args.untrained)
             args.bundle = make_untrained_bundle(folder / "bundle", base_channels=width)
-        image, labels = make_case(args.mask, args.slices, folder)
+        depths = [None] if args.slices is None else [int(n) for n in args.slices.split(",")]
         runs = []
-        for threads in args.threads.split(","):
-            for mode in args.modes.split(","):
-                command = [sys.executable, __file__, "--mode", mode, "--image", str(image), "--labels", str(labels),
-                           "--bundle", str(args.bundle), "--device", args.device, "--threads", threads,
-                           "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
-                if args.crop_from_truth:
-                    command.append("--crop-from-truth")
-                done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-                if done.returncode != 0:
-                    runs.append({"mode": mode, "threads": threads, "error": done.stderr.strip().splitlines()[-1:]})
-                else:
-                    runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for depth in depths:
+            case_folder = folder / f"case_{depth}"
+            case_folder.mkdir()
+            image, labels = make_case(args.mask, depth, case_folder)
+            for threads in args.threads.split(","):
+                for mode in args.modes.split(","):
+                    runs.append({"slices": depth, **run_child(args, mode, threads, image, labels)})
         result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "mask": str(args.mask), "bundle": str(args.bundle),
-                  "slices": args.slices, "runs": runs}
-        cascade = [r for r in runs if r.get("mode") == "cascade" and "error" not in r]
-        full = [r for r in runs if r.get("mode") == "full" and "error" not in r]
-        if cascade and full:
-            result["speedup_cascade_vs_full"] = round(full[0]["seconds_end_to_end"] / cascade[0]["seconds_end_to_end"], 2)
+                  "overlap": args.overlap, "batch_size": args.batch_size, "runs": runs, "speedup_cascade_vs_full": speedups(runs)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

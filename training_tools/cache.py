@@ -155,6 +155,7 @@ def write_case(out_dir: Path, case_id: str, arrays: dict[str, np.ndarray], meta:
         for name, array in arrays.items():
             np.save(temporary / f"{name}.npy", array)
         (temporary / META_NAME).write_text(json.dumps({"case_id": case_id, **meta}, indent=1) + "\n")
+        temporary.chmod(0o755)  # mkdtemp makes it private
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from KidneyTumorSegLib.bundle import load_bundle
 from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
@@ -67,10 +68,11 @@ def evaluate_one(cascade: Cascade, case: KitsCase) -> dict[str, Any]:
 _CASCADES: dict[tuple[str, InferenceOptions], Cascade] = {}  # one per bundle and options in each process
 
 
-def _evaluate_job(job: tuple[KitsCase, str, InferenceOptions]) -> dict[str, Any]:
-    case, bundle_path, options = job
+def _evaluate_job(job: tuple[KitsCase, str, InferenceOptions, int]) -> dict[str, Any]:
+    case, bundle_path, options, threads = job
     key = (bundle_path, options)
     if key not in _CASCADES:
+        torch.set_num_threads(threads)
         _CASCADES[key] = Cascade(load_bundle(bundle_path), options)
     row = evaluate_one(_CASCADES[key], case)
     logger.info("%s: kidney Dice %.4f, tumor Dice %.4f (%.1f s)", case.case_id, row["kidney_dice"],
@@ -88,7 +90,8 @@ def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = evaluation_cases(data_dir, fold, folds, seed)
     load_bundle(bundle_path)  # fail early on a bad bundle
-    jobs = [(case, str(bundle_path), options) for case in cases]
+    threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(cases))))  # share the cores between workers
+    jobs = [(case, str(bundle_path), options, threads) for case in cases]
     rows = sorted(run_parallel(_evaluate_job, jobs, workers, "evaluate", progress), key=lambda r: r["case_id"])
     write_rows(out_dir / CSV_NAME, rows)
     summary = summarise_rows(rows)

@@ -55,7 +55,8 @@ def make_predictor(
     """Predictor ``[B, 1, *S] -> [B, C, *S]`` float32 for the inference loops.
 
     ``output="seg"``: C = 1, sigmoid of the segmentation logits; ``"seg+reg"``: C = 1 + the
-    regression channels, the sigmoid probability then the raw regression. The network is moved
+    regression channels, the sigmoid probability then the raw regression ("seg" skips the
+    regression decoder, a third of a V-Net's work). The network is moved
     to ``device`` and put in eval mode; it runs under ``torch.inference_mode`` and, on CUDA with
     ``amp_dtype`` given, under autocast (the sigmoid is taken in float32).
     """
@@ -69,7 +70,7 @@ def make_predictor(
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             with _autocast(device, amp_dtype):
-                seg, reg = net(x.to(device, non_blocking=True))
+                seg, reg = net(x.to(device, non_blocking=True), regression=output != "seg")
             probability = torch.sigmoid(seg.float())
             if output == "seg":
                 return probability

@@ -69,7 +69,8 @@ class UNet(nn.Module):
         """Input spatial sizes must be multiples of this."""
         return 2 ** (self.levels - 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, regression: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``regression=False`` leaves out the regression head (inference of the segmentation only)."""
         check_divisible(tuple(x.shape[2:]), self.divisor, type(self).__name__)
         skips = []
         for lvl, encoder in enumerate(self.encoders):
@@ -77,5 +78,5 @@ class UNet(nn.Module):
             skips.append(x)
         for lvl in range(self.levels - 2, -1, -1):
             x = self.decoders[lvl](torch.cat([self.ups[lvl](x), skips[lvl]], dim=1))
-        reg = self.reg_head(x) if self.reg_head is not None else None
+        reg = self.reg_head(x) if self.reg_head is not None and regression else None
         return self.seg_head(x), reg

@@ -157,7 +157,8 @@ class VNet(nn.Module):
         """Input spatial sizes must be multiples of this."""
         return 2 ** (self.levels - 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, regression: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``regression=False`` skips the regression decoder (inference of the segmentation only)."""
         check_divisible(tuple(x.shape[2:]), self.divisor, "VNet")
         skips = []
         for lvl, encoder in enumerate(self.encoders):
@@ -168,7 +169,7 @@ class VNet(nn.Module):
         bottom = skips[-1]
         seg_features = self.seg_decoder(bottom, skips)
         seg = self.seg_head(seg_features[-1])
-        if self.reg_decoder is None:
+        if self.reg_decoder is None or not regression:
             return seg, None
         # "second_last": the regression decoder shares the first seg-decoder stage.
         branch_input = bottom if self.branch_level == "bottom" else seg_features[0]
