@@ -74,11 +74,12 @@ def image_in(array_zyx: np.ndarray, orientation: str) -> Image:
         assert nib.aff2axcodes(reoriented.affine) == ("R", "A", "S")
         return Image(np.asarray(reoriented.dataobj), reoriented.affine)
     if orientation == "oblique":
-        return Image(array_zyx, _rotation(10.0, axis=2) @ _rotation(5.0, axis=0) @ affine)
+        return Image(array_zyx, rotation(10.0, axis=2) @ rotation(5.0, axis=0) @ affine)
     raise ValueError(orientation)
 
 
-def _rotation(degrees: float, axis: int) -> np.ndarray:
+def rotation(degrees: float, axis: int) -> np.ndarray:
+    """A 4 x 4 rotation by ``degrees`` about array axis ``axis``."""
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     a, b = [i for i in range(3) if i != axis]
     rotation = np.eye(4)

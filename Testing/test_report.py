@@ -3,7 +3,6 @@ inputs, the input-voxel path, and one-line errors for malformed boxes."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from KidneyTumorSegLib.geometry import WorkingFrame, index_to_world, working_fra
 from KidneyTumorSegLib.locate_result import LocateOutcome
 from KidneyTumorSegLib.report import box_from_json, box_json, stage1_json
 from KidneyTumorSegLib.settings import WORKING_SPACING_ZYX
+from synthetic_cases import rotation
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result
 from synthetic_cases import working_affine
 
@@ -20,18 +20,10 @@ KITS_IPL = np.array([[0, 0, -0.919921875, 170.0], [0, -0.919921875, 0, 200.0], [
 RAS = np.array([[0.8, 0, 0, -100.0], [0, 0.8, 0, 50.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
 
 
-def _rotation(degrees: float, axis: int) -> np.ndarray:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    a, b = [i for i in range(3) if i != axis]
-    rotation = np.eye(4)
-    rotation[[a, a, b, b], [a, b, a, b]] = (c, -s, s, c)
-    return rotation
-
-
 FRAMES = {
     "IPL": working_frame_for((90, 80, 100), KITS_IPL),
     "RAS": working_frame_for((100, 90, 30), RAS),
-    "oblique": working_frame_for((100, 90, 30), _rotation(15, 2) @ _rotation(5, 0) @ RAS),
+    "oblique": working_frame_for((100, 90, 30), rotation(15, 2) @ rotation(5, 0) @ RAS),
 }
 
 
