@@ -89,7 +89,11 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
             assert config.learning_rate == lr and config.spec_deviations() == []
         else:  # the demo presets raise the learning rate, and each run records it as a deviation
             assert config.learning_rate == 1e-3
-            assert config.spec_deviations() == ([] if lr == 1e-3 else [f"learning rate 0.001 (SPEC {lr:g})"])
+            expected = [] if lr == 1e-3 else [f"learning rate 0.001 (SPEC {lr:g})"]
+            if config.kidney_patch_fraction:
+                expected.append(f"{config.kidney_patch_fraction:g} of the patches centred on kidney "
+                                "(SPEC: all in the expanded tumor box)")
+            assert config.spec_deviations() == expected
 
 
 def test_demo_presets_reduce_the_width_and_overrides_apply_last():

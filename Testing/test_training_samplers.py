@@ -12,6 +12,7 @@ from training_tools.samplers import (
     StridePatchSampler,
     TumorPatchSampler,
     TumorSliceSampler,
+    kidney_centred_start,
     make_sampler,
     random_start,
     read_window,
@@ -115,6 +116,32 @@ def test_tumor_sampler_skips_cases_without_tumor(tmp_path):
     case = write(tmp_path, "case_00001")
     case.meta["tumor_crop_box"] = None
     assert TumorPatchSampler().count(case) == 0
+
+
+def test_kidney_share_of_tumor_patches_is_centred_on_kidney_and_not_limited_to_the_tumor_box(case):
+    sampler = make_sampler(ROLES["T-unet"], kidney_fraction=0.25)
+    assert sampler.count(case) == 100
+    box_voxels = int(np.prod(TUMOR_CROP_SIZE))
+    rng = np.random.default_rng(2)
+    beyond_box = [np.count_nonzero(sampler.sample(case, i, rng)[0]) > box_voxels for i in range(100)]
+    assert not any(beyond_box[:75]) and all(beyond_box[75:])  # the last quarter sees past the tumor box
+    labels = np.asarray(case.labels)
+    for seed in range(20):
+        start = kidney_centred_start(labels, (32, 64, 64), np.random.default_rng(seed))
+        assert labels[tuple(s + p // 2 for s, p in zip(start, (32, 64, 64)))] > 0
+
+
+def test_kidney_share_gives_cases_without_tumor_kidney_patches_only(tmp_path):
+    from training_helpers import write_synthetic_case as write
+
+    case = write(tmp_path, "case_00001")
+    case.meta["tumor_crop_box"] = None
+    sampler = TumorPatchSampler(kidney_fraction=0.5)
+    assert sampler.count(case) == 50
+    image, seg, _ = sampler.sample(case, 0, np.random.default_rng(0))
+    assert image.shape == (1, 32, 64, 64) and np.count_nonzero(image) > 0
+    with pytest.raises(ValueError, match="kidney_fraction"):
+        TumorPatchSampler(kidney_fraction=1.5)
 
 
 def test_2d_samplers_use_only_tumor_slices_cropped_or_padded_to_256(case):

@@ -33,6 +33,8 @@ class TrainConfig:
     (100 stage 1, 200 KT / K, 100 T; 2D models use every tumor slice). ``augmentation`` None =
     off (the paper uses none), else the fields of :class:`training_tools.augment.Augmentation`.
     ``loss_weights``: weights of the segmentation loss and the WMSE regression loss.
+    ``kidney_patch_fraction`` (T-vnet, T-unet; 0 = SPEC): share of patches centred on random
+    kidney or tumor voxels of the crop instead of inside the expanded tumor box.
     """
 
     role: str
@@ -52,6 +54,7 @@ class TrainConfig:
     log_interval: int = 10
     augmentation: dict[str, Any] | None = None
     seed: int = 0
+    kidney_patch_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -61,6 +64,10 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "base_channels", "val_interval", "checkpoint_interval", "log_interval"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{self.role}: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.kidney_patch_fraction <= 1.0:
+            raise ValueError(f"{self.role}: kidney_patch_fraction must lie in [0, 1], got {self.kidney_patch_fraction}")
+        if self.kidney_patch_fraction and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
+            raise ValueError(f"{self.role}: kidney_patch_fraction applies to T-vnet and T-unet only")
         if self.segmentation_loss not in ("dice", "bce"):
             raise ValueError(f"{self.role}: segmentation_loss must be 'dice' or 'bce', got {self.segmentation_loss!r}")
 
@@ -79,7 +86,7 @@ class TrainConfig:
         return self.spec.network_params(self.base_channels)
 
     def spec_deviations(self) -> list[str]:
-        """Where this config departs from SPEC §2 (learning rate, loss, patch size)."""
+        """Where this config departs from SPEC §2 (learning rate, loss, patch size, tumor patches)."""
         spec = self.spec
         notes = []
         if self.learning_rate != spec.learning_rate:
@@ -88,6 +95,8 @@ class TrainConfig:
             notes.append(f"segmentation loss {self.segmentation_loss} (SPEC {spec.loss})")
         if self.effective_patch_size != tuple(spec.patch_size):
             notes.append(f"patch {self.effective_patch_size} (SPEC {tuple(spec.patch_size)})")
+        if self.kidney_patch_fraction:
+            notes.append(f"{self.kidney_patch_fraction:g} of the patches centred on kidney (SPEC: all in the expanded tumor box)")
         return notes
 
     def to_json(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ reaches past the region it must stay in, the patch is filled with 0 there.
 - :class:`StridePatchSampler` (KT, K1, K2): ``count`` (200) patches of 32 x 128 x 128 on a
   regular stride grid of the crop (ground-truth kidney+tumor box expanded by 16 x 128 x 128).
 - :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches in the
-  ground-truth tumor box expanded by 8 x 16 x 16, zero-padded where that box is smaller.
+  ground-truth tumor box expanded by 8 x 16 x 16, zero-padded where that box is smaller
+  (optionally a share centred on kidney instead: a named departure from SPEC).
 - :class:`TumorSliceSampler` (2D U-Nets): every slice of the crop along the model's axis that
   holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller. The
   boundary target is SPEC's (made per axial slice), cut along the model's axis like the image.
@@ -160,18 +161,44 @@ class StridePatchSampler:
 
 
 class TumorPatchSampler:
-    """``count`` random windows inside the expanded tumor box (T-vnet, T-unet)."""
+    """``count`` random windows inside the expanded tumor box (T-vnet, T-unet).
 
-    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100):
+    ``kidney_fraction`` (0 = SPEC) of them are instead centred on a random kidney or tumor voxel
+    of the crop, so the model also sees healthy kidney, where it runs at inference; a case
+    without tumor then gives only those.
+    """
+
+    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100, kidney_fraction: float = 0.0):
+        if not 0.0 <= kidney_fraction <= 1.0:
+            raise ValueError(f"kidney_fraction must lie in [0, 1], got {kidney_fraction}")
         self.patch, self._count = tuple(patch), count
+        self._kidney_count = int(round(count * kidney_fraction))
 
     def count(self, case: CachedCase) -> int:
-        return self._count if case.tumor_crop_box is not None else 0
+        return self._count if case.tumor_crop_box is not None else self._kidney_count
 
     def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
         box = case.tumor_crop_box
+        if box is None or index >= self._count - self._kidney_count:
+            return _crop_sample(case, "tumor", kidney_centred_start(case.labels, self.patch, rng), self.patch)
         start = [a + random_start(rng, n, p) for a, n, p in zip(box.start, box.size, self.patch)]
         return _crop_sample(case, "tumor", start, self.patch, limit=box)
+
+
+KIDNEY_CENTRE_TRIES = 200  # random draws for a kidney or tumor voxel before falling back to the crop's centre
+
+
+def kidney_centred_start(labels: np.ndarray, patch: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """Start of a ``patch`` window centred on a random voxel with label > 0 of ``labels`` [z, y, x]
+    (rejection sampling: reads single voxels of a memory-mapped crop; the crop's centre when
+    ``KIDNEY_CENTRE_TRIES`` draws miss)."""
+    centre = [n // 2 for n in labels.shape]
+    for _ in range(KIDNEY_CENTRE_TRIES):
+        point = [int(rng.integers(n)) for n in labels.shape]
+        if labels[tuple(point)] > 0:
+            centre = point
+            break
+    return [c - p // 2 for c, p in zip(centre, patch)]
 
 
 def _crop_sample(case: CachedCase, task: str, start: Sequence[int], patch: Sequence[int],
@@ -207,14 +234,16 @@ class TumorSliceSampler:
         return read_window(image, start, self.size)[None], seg[None], read_window(boundary, start, self.size)
 
 
-def make_sampler(spec: RoleSpec, patch_size: Sequence[int] | None = None, count: int | None = None) -> Sampler:
+def make_sampler(spec: RoleSpec, patch_size: Sequence[int] | None = None, count: int | None = None,
+                 kidney_fraction: float = 0.0) -> Sampler:
     """The SPEC §2 sampler of a role; ``patch_size`` / ``count`` override the role's patch and the
-    samples per case (defaults: the role's patch; 100 stage 1, 200 KT / K, 100 T)."""
+    samples per case (defaults: the role's patch; 100 stage 1, 200 KT / K, 100 T);
+    ``kidney_fraction``: see :class:`TumorPatchSampler` (3D tumor models only)."""
     patch = tuple(patch_size or spec.patch_size)
     if spec.architecture == "unet2d":
         return TumorSliceSampler(spec.axis, patch)
     if spec.downsample_factor > 1:
         return Stage1Sampler(patch, count or 100)
     if spec.task == "tumor":
-        return TumorPatchSampler(patch, count or 100)
+        return TumorPatchSampler(patch, count or 100, kidney_fraction)
     return StridePatchSampler(spec.task, patch, count or 200)
