@@ -82,9 +82,9 @@ def rotation(degrees: float, axis: int) -> np.ndarray:
     """A 4 x 4 rotation by ``degrees`` about array axis ``axis``."""
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     a, b = [i for i in range(3) if i != axis]
-    rotation = np.eye(4)
-    rotation[[a, a, b, b], [a, b, a, b]] = (c, -s, s, c)
-    return rotation
+    matrix = np.eye(4)
+    matrix[[a, a, b, b], [a, b, a, b]] = (c, -s, s, c)
+    return matrix
 
 
 def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:

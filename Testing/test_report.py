@@ -12,9 +12,8 @@ from KidneyTumorSegLib.geometry import WorkingFrame, index_to_world, working_fra
 from KidneyTumorSegLib.locate_result import LocateOutcome
 from KidneyTumorSegLib.report import box_from_json, box_json, stage1_json
 from KidneyTumorSegLib.settings import WORKING_SPACING_ZYX
-from synthetic_cases import rotation
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result
-from synthetic_cases import working_affine
+from synthetic_cases import rotation, working_affine
 
 KITS_IPL = np.array([[0, 0, -0.919921875, 170.0], [0, -0.919921875, 0, 200.0], [-0.5, 0, 0, 40.0], [0, 0, 0, 1]])
 RAS = np.array([[0.8, 0, 0, -100.0], [0, 0.8, 0, 50.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])

@@ -200,6 +200,11 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def threads_per_worker(workers: int, tasks: int) -> int:
+    """Torch threads for each of ``workers`` processes running ``tasks`` at once, sharing the CPU cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, min(workers, tasks)))
+
+
 def run_parallel(function: Callable, jobs: Sequence, workers: int, description: str,
                  progress: bool = True) -> list:
     """``function`` over ``jobs`` in a spawn pool of ``workers`` processes (in-process for 1), with a progress bar."""

@@ -32,7 +32,7 @@ from KidneyTumorSegLib.cascade import InferenceOptions
 from KidneyTumorSegLib.inference import pick_device
 from KidneyTumorSegLib.networks.registry import ROLES
 
-from .cache import case_arrays, default_workers, is_complete, run_parallel, working_arrays, write_case
+from .cache import case_arrays, default_workers, is_complete, run_parallel, threads_per_worker, working_arrays, write_case
 from .configs import load_config, load_preset
 from .evaluate import evaluate_bundle
 from .export import export_bundle
@@ -176,7 +176,7 @@ def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: i
     gets the time left until ``deadline`` as its budget. Returns the run folders."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = sorted((r for r in ROLES if not run_finished(runs_dir / r)), key=lambda r: -expected_cost(r, preset))
-    threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(todo) or 1)))
+    threads = threads_per_worker(jobs, len(todo))
     running: dict[str, subprocess.Popen] = {}
     failed = []
     env = _environment()

@@ -22,7 +22,7 @@ from KidneyTumorSegLib.inference import pick_device
 from KidneyTumorSegLib.metrics import evaluate_case, summarise
 from KidneyTumorSegLib.stage1 import NoKidneyFound
 
-from .cache import KitsCase, find_kits_cases, run_parallel
+from .cache import KitsCase, find_kits_cases, run_parallel, threads_per_worker
 from .splits import split_cases
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = evaluation_cases(data_dir, fold, folds, seed)
     load_bundle(bundle_path)  # fail early on a bad bundle
-    threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(cases))))  # share the cores between workers
+    threads = threads_per_worker(workers, len(cases))
     jobs = [(case, str(bundle_path), options, threads) for case in cases]
     rows = sorted(run_parallel(_evaluate_job, jobs, workers, "evaluate", progress), key=lambda r: r["case_id"])
     write_rows(out_dir / CSV_NAME, rows)
