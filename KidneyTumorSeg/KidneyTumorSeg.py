@@ -76,7 +76,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                (ui.outputSegmentationSelector, "output_segmentation"), (ui.resultsTableSelector, "results_table")):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, name=name: self.setParameter(**{name: node}))
         for box, name in ((ui.showSegmentationBoxCheckBox, "show_segmentation_box"), (ui.showLandmarkBoxCheckBox, "show_landmark_box"),
-                          (ui.showLandmarksCheckBox, "show_landmarks"), (ui.showResult3DCheckBox, "show_3d")):
+                          (ui.showLandmarksCheckBox, "show_landmarks"), (ui.showResult3DCheckBox, "show_3d"),
+                          (ui.keepAllComponentsCheckBox, "keep_all_components")):
             box.connect("toggled(bool)", lambda checked, name=name: self.setParameter(**{name: checked}))
         ui.bundlePathLineEdit.connect("currentPathChanged(QString)", lambda path: self.setParameter(bundle_path=path))
         ui.deviceComboBox.connect("currentTextChanged(QString)", lambda text: self.setParameter(device=text))
@@ -167,6 +168,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.showLandmarkBoxCheckBox.checked = p.show_landmark_box
             ui.showLandmarksCheckBox.checked = p.show_landmarks
             ui.showResult3DCheckBox.checked = p.show_3d
+            ui.keepAllComponentsCheckBox.checked = p.keep_all_components
             ui.deviceComboBox.setCurrentText(p.device)
             ui.membersLineEdit.text = ",".join(p.members)
             ui.overlapSpinBox.value = p.overlap
@@ -192,7 +194,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     """The blocking API for the Python console and batch use; no pop-ups unless ``interactive``.
 
     ``options`` are :class:`KidneyTumorSegLib.controller.Parameters` fields: ``bundle_path``,
-    ``device``, ``members``, ``overlap``, ``min_tumor_pixels``, ``show_3d``.
+    ``device``, ``members``, ``overlap``, ``min_tumor_pixels``, ``keep_all_components``, ``show_3d``.
     """
 
     def __init__(self):

@@ -105,18 +105,20 @@ def test_members_restrict_the_ensemble(bundle: ModelBundle) -> None:
     calls = _recording(cascade)
     crop = Box((2, 10, 10), (17, 53, 53))
     result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=crop)
-    assert [role for role, _, _ in calls] == ["KT", "T-vnet", "T2D-ax-dice"]
+    assert [role for role, _, _ in calls] == ["stage1", "KT", "T-vnet", "T2D-ax-dice"]  # stage 1 for the support
     assert result.models == ("KT", "T-vnet", "T2D-ax-dice")
     with pytest.raises(ValueError, match="unknown ensemble members: T9"):
         Cascade(bundle, _options(members=("T9",)))
 
 
-def test_a_given_crop_skips_stage_1(bundle: ModelBundle) -> None:
-    cascade = Cascade(bundle, _options(members=("KT",)))
+@pytest.mark.parametrize("support", [True, False])
+def test_a_given_crop_skips_stage_1(bundle: ModelBundle, support: bool) -> None:
+    """A crop given by hand skips stage 1's boxes; only the support rule needs its segmentation head."""
+    cascade = Cascade(bundle, _options(members=("KT",), settings=_settings(stage1={"support_components": support})))
     calls = _recording(cascade)
     crop = Box((3, 12, 20), (15, 50, 45))
     result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=crop)
-    assert calls == [("KT", "stage2", crop.size)]
+    assert calls == [("stage1", "stage1", (5, 16, 16))] * support + [("KT", "stage2", crop.size)]
     assert result.stage1 is None and result.crop_box == crop and result.models == ("KT",)
     outside = np.ones(SHAPE, bool)
     outside[crop.slices] = False
@@ -183,6 +185,55 @@ def test_refinement_with_the_kt_model(bundle: ModelBundle) -> None:
     disabled = Cascade(_with(bundle, {"stage1": stage1, "KT": kt}),
                        _options(members=("KT",), settings=_settings(stage1={"refine_with": "KT", "refine_enabled": False})))
     assert disabled.segment(image_in(ct, "IPL")).stage1.refined_box is None
+
+
+# ---------------------------------------------------------------- stage 1's support (support.py)
+
+def _ct_with_a_lookalike() -> np.ndarray:
+    """Two 150 HU kidneys on whole ×4 blocks (so stage 1's block means see them exactly) and a
+    130 HU block far from both (slices 1-3): KT and K (over 120 HU) see it, stage 1 (over 140 HU)
+    does not."""
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[:, 2:62, 2:62] = 0
+    ct[4:16, 16:48, 8:24] = 150
+    ct[4:16, 16:48, 40:56] = 150
+    ct[1:4, 4:12, 24:40] = 130
+    return ct
+
+
+def _lookalike_networks() -> dict[str, torch.nn.Module]:
+    n = normalized
+    return {"stage1": ThresholdNet(n(140), channels=5, heat=0.0), "KT": ThresholdNet(n(120)),
+            "K1": ThresholdNet(n(120)), "K2": ThresholdNet(n(120))}
+
+
+@pytest.mark.parametrize("support", [True, False])
+def test_components_stage_1_does_not_see_are_dropped(bundle: ModelBundle, support: bool) -> None:
+    ct = _ct_with_a_lookalike()
+    cascade = Cascade(_with(bundle, _lookalike_networks()),
+                      _options(members=("K1", "K2"), settings=_settings(stage1={"support_components": support})))
+    result = cascade.segment(image_in(ct, "IPL"))
+    kidneys = ct == 150
+    assert np.all(result.labels_working[kidneys] == 1)
+    lookalike = result.labels_working[1:4, 4:12, 24:40]
+    assert np.all(lookalike == 0) if support else np.all(lookalike == 1)  # off: the paper keeps every KT voxel
+    assert not result.labels_working[~kidneys & (ct != 130)].any()
+
+
+def test_support_with_a_crop_given_by_hand(bundle: ModelBundle) -> None:
+    ct = _ct_with_a_lookalike()
+    cascade = Cascade(_with(bundle, _lookalike_networks()), _options(members=("KT",)))
+    labels = cascade.segment(image_in(ct, "IPL"), crop=Box.full(SHAPE)).labels_working
+    np.testing.assert_array_equal(labels, (ct == 150).astype(np.uint8))
+
+
+def test_a_blind_stage_1_gives_no_support_and_keeps_everything(bundle: ModelBundle, caplog: pytest.LogCaptureFixture) -> None:
+    ct = _ct_with_a_lookalike()
+    blind = {**_lookalike_networks(), "stage1": ThresholdNet(low=5.0, channels=5, heat=0.0)}
+    cascade = Cascade(_with(bundle, blind), _options(members=("KT",)))
+    labels = cascade.segment(image_in(ct, "IPL"), crop=Box.full(SHAPE)).labels_working
+    np.testing.assert_array_equal(labels, ((ct == 150) | (ct == 130)).astype(np.uint8))
+    assert "stage 1 marked no kidney" in caplog.text
 
 
 # ---------------------------------------------------------------- fusion wiring (SPEC §3)

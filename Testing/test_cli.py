@@ -70,6 +70,14 @@ def test_help_of_every_command(command: list[str], capsys: pytest.CaptureFixture
 # ---------------------------------------------------------------- segment and locate
 
 
+@pytest.mark.parametrize("flags, support, kt_only", [([], True, 1), (["--keep-all-components"], False, 1), (["--strict"], True, 0)])
+def test_method_options_select_the_settings(flags: list[str], support: bool, kt_only: int) -> None:
+    from KidneyTumorSegLib.cli.segment import method_settings
+
+    settings = method_settings(build_parser().parse_args(["segment", "in.nii.gz", "-o", "out.nii.gz", *flags]))
+    assert settings.stage1.support_components is support and settings.fusion.kt_only_label == kt_only
+
+
 def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path: Path, capsys) -> None:
     out, report, qa = tmp_path / "seg.nii.gz", tmp_path / "report.json", tmp_path / "qa.png"
     code, stdout, _ = run(capsys, "segment", files["ct"], "-o", out, "--report", report, "--qa", qa, *model_args(files, "json"))

@@ -324,12 +324,15 @@ def test_options_reach_the_command_line(setup):
     assert (runner.option("--bundle"), runner.option("--device"), runner.option("--members")) == ("/models/kits", "cpu", "KT,K1")
     assert float(runner.option("--overlap")) == 0.25 and runner.option("--min-tumor-pixels") == "32"
     assert "--progress" in runner.argv and runner.option("--progress") == "json"
+    assert "--keep-all-components" not in runner.argv  # the support rule is on by default
+    controller.update(keep_all_components=True)
+    assert "--keep-all-components" in controller.parameters.run_options().argv()
 
 
 def test_parameters_survive_saving_and_reloading_the_scene(setup, tmp_path):
     headless, volume, runner, controller, _, _ = setup
     controller.update(input_volume=volume, device="cpu", members=("KT", "K1"), overlap=0.25, min_tumor_pixels=32,
-                      show_landmark_box=False, show_3d=False, bundle_path=str(tmp_path / "my bundle"))
+                      keep_all_components=True, show_landmark_box=False, show_3d=False, bundle_path=str(tmp_path / "my bundle"))
     locate(controller, runner)
     assert controller.segment()
     play(runner)
@@ -352,7 +355,7 @@ def test_parameters_survive_saving_and_reloading_the_scene(setup, tmp_path):
     assert reloaded.scene.Connect()
     node = module_parameter_node(reloaded.scene, "KidneyTumorSeg")
     restored = Parameters.load(node)
-    for name in ("bundle_path", "device", "members", "overlap", "min_tumor_pixels", "show_segmentation_box",
+    for name in ("bundle_path", "device", "members", "overlap", "min_tumor_pixels", "keep_all_components", "show_segmentation_box",
                  "show_landmark_box", "show_landmarks", "show_3d"):
         assert getattr(restored, name) == getattr(saved, name), name
     for name in ("input_volume", "crop_roi", "segmentation_roi", "landmark_roi", "landmarks", "output_segmentation", "results_table"):

@@ -296,6 +296,18 @@ def test_small_false_positives_do_not_widen_the_refined_box() -> None:
     assert clean.refined_box == LEFT_KIDNEY
 
 
+def test_support_drops_kidney_components_stage_1_does_not_touch() -> None:
+    """K marks the left kidney and a large look-alike on the right; stage 1 saw only the left one."""
+    probability, heatmaps = np.zeros(DOWN, np.float32), _no_heatmaps()
+    _kidneys_down(probability, heatmaps, [LEFT_KIDNEY_DOWN, RIGHT_KIDNEY_DOWN])
+    support = np.zeros(DOWN, bool)
+    support[2:6, 10:18, LEFT_KIDNEY_DOWN[0]:LEFT_KIDNEY_DOWN[1] + 1] = True
+    kidney_models = _kidney_probability([LEFT_KIDNEY, RIGHT_KIDNEY], [])
+    assert choose_crop(probability, heatmaps, WORKING, kidney_models).refined_box is None  # the paper: both kept
+    supported = choose_crop(probability, heatmaps, WORKING, kidney_models, support_down=support)
+    assert supported.refined_box == LEFT_KIDNEY and "refined box used" in supported.decisions[-1]
+
+
 def test_refinement_disabled_or_without_kidney_models() -> None:
     probability, heatmaps = np.zeros(DOWN, np.float32), _no_heatmaps()
     _kidneys_down(probability, heatmaps, [LEFT_KIDNEY_DOWN, RIGHT_KIDNEY_DOWN])

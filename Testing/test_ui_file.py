@@ -35,6 +35,7 @@ EXPECTED_WIDGETS = {
     "membersLineEdit": "QLineEdit",
     "overlapSpinBox": "QDoubleSpinBox",
     "minTumorPixelsSpinBox": "QSpinBox",
+    "keepAllComponentsCheckBox": "QCheckBox",
     "showResult3DCheckBox": "QCheckBox",
     "segmentButton": "QPushButton",
     "progressBar": "QProgressBar",

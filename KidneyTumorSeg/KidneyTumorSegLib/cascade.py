@@ -26,6 +26,7 @@ from .preprocessing import downsample_mean, normalize_hu
 from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, MethodSettings
 from .stage1 import Stage1Result, choose_crop
+from .support import keep_supported, stage1_support, support_in_box
 from .validation import check_memory
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ class InferenceOptions:
 @dataclass
 class PreparedCase:
     """An input image brought to the working frame: ``normalized`` is ``[z, y, x]`` float32 in [0, 1];
-    ``seconds``: how long that took."""
+    ``seconds``: how long that took. ``support_down``: stage 1's support on the ×4 grid (bool),
+    once stage 1 has run."""
 
     image: Image
     frame: WorkingFrame
     normalized: np.ndarray
     kidney_cache: dict[Box, np.ndarray] = field(default_factory=dict)
+    support_down: np.ndarray | None = None
     seconds: float = 0.0
 
 
@@ -214,24 +217,53 @@ class Cascade:
 
     def locate(self, case: PreparedCase, progress: ProgressReport = _silent, cancel: CancelCallback | None = None) -> Stage1Result:
         """Stage 1 with mixed cropping; the kidney models refine the box when the bundle has them."""
-        factor = self.settings.geometry.downsample_factor
-        down = downsample_mean(case.normalized, factor)
+        down = downsample_mean(case.normalized, self.settings.geometry.downsample_factor)
         outputs = self._run_3d("stage1", down, "seg+reg", progress, "stage1", cancel)
+        case.support_down = stage1_support(outputs[0], self.settings)
         start = time.perf_counter()
         refine = self._refiner(case, progress, cancel)
-        result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings)
+        result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings, self._usable_support(case))
         self.timings["mixed_cropping"] = time.perf_counter() - start  # includes the kidney models' runs
         for decision in result.decisions:
             logger.info("stage 1: %s", decision)
         return result
 
+    def _usable_support(self, case: PreparedCase) -> np.ndarray | None:
+        """Stage 1's support when the support rule is on and stage 1 marked something, else None."""
+        if not self.settings.stage1.support_components or case.support_down is None:
+            return None
+        if not case.support_down.any():
+            logger.warning("stage 1 marked no kidney: every stage-2 component is kept")
+            return None
+        return case.support_down
+
+    def _crop_support(self, case: PreparedCase, crop: Box, progress: ProgressReport,
+                      cancel: CancelCallback | None) -> np.ndarray | None:
+        """Stage 1's support over ``crop`` (bool ``crop.size``), or None when the rule is off. A crop
+        given by hand runs stage 1's segmentation head for it (no landmarks, no refinement)."""
+        if not self.settings.stage1.support_components:
+            return None
+        if case.support_down is None:
+            down = downsample_mean(case.normalized, self.settings.geometry.downsample_factor)
+            case.support_down = stage1_support(self._run_3d("stage1", down, "seg", progress, "stage1", cancel)[0], self.settings)
+        support = self._usable_support(case)
+        return None if support is None else support_in_box(support, crop, self.settings.geometry.downsample_factor)
+
     # -- stage 2 -----------------------------------------------------------------------------
     def segment_crop(self, case: PreparedCase, crop: Box, progress: ProgressReport = _silent,
                      cancel: CancelCallback | None = None) -> np.ndarray:
-        """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8)."""
+        """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8). With
+        ``stage1.support_components`` on, KT's components lying mostly outside stage 1's support
+        are background before label assignment (support.py)."""
+        support = self._crop_support(case, crop, progress, cancel)
         volume = case.normalized[crop.slices]
         kt = self._run_3d("KT", volume, "seg", progress, "stage2", cancel)[0]
-        region = kt >= self.settings.geometry.probability_threshold if self.options.skip_outside_kt else None
+        kt_mask = kt >= self.settings.geometry.probability_threshold
+        if support is not None:
+            kept = keep_supported(kt_mask, support, self.settings.stage1.support_min_overlap)
+            logger.info("stage 2: kept %d of %d KT voxels, in components stage 1 supports", kept.sum(), kt_mask.sum())
+            kt, kt_mask = np.where(kept, kt, 0).astype(kt.dtype), kept
+        region = kt_mask if self.options.skip_outside_kt else None
         kidney = self._kidney_probability(case, crop, progress, cancel, region=region)
         tumor = [self._run_3d(r, volume, "seg", progress, "stage2", cancel, region)[0] for r in TUMOR_3D_ROLES if r in self.members]
         two_d = [self._run_2d(r, volume, progress, cancel, region) for r in TUMOR_2D_ROLES if r in self.members]

@@ -72,6 +72,7 @@ class Parameters:
     members: tuple[str, ...] = ()
     overlap: float = 0.25
     min_tumor_pixels: int = DEFAULT_SETTINGS.fusion.min_tumor_component_pixels
+    keep_all_components: bool = not DEFAULT_SETTINGS.stage1.support_components
     show_segmentation_box: bool = True
     show_landmark_box: bool = True
     show_landmarks: bool = True
@@ -103,7 +104,8 @@ class Parameters:
         return cls(**values)
 
     def run_options(self) -> RunOptions:
-        return RunOptions(self.bundle_path, self.device, self.members, self.overlap, self.min_tumor_pixels)
+        return RunOptions(self.bundle_path, self.device, self.members, self.overlap, self.min_tumor_pixels,
+                          self.keep_all_components)
 
 
 def _to_text(value: Any) -> str:

@@ -75,16 +75,20 @@ def parse_line(line: str) -> ProgressEvent | DoneEvent | None:
 @dataclass(frozen=True)
 class RunOptions:
     """Model options passed to every command: bundle folder ("" = the shipped demo bundle),
-    device, stage-2 members (empty = all), sliding-window overlap, tumor clean-up threshold."""
+    device, stage-2 members (empty = all), sliding-window overlap, tumor clean-up threshold, and
+    whether stage 2's kidney components that stage 1 did not see are kept (support.py)."""
 
     bundle: str = ""
     device: str = "auto"
     members: tuple[str, ...] = ()
     overlap: float = 0.25
     min_tumor_pixels: int = 64
+    keep_all_components: bool = False
 
     def argv(self) -> list[str]:
         args = ["--device", self.device, "--overlap", repr(float(self.overlap)), "--min-tumor-pixels", str(int(self.min_tumor_pixels))]
+        if self.keep_all_components:
+            args.append("--keep-all-components")
         if self.bundle:
             args += ["--bundle", str(self.bundle)]
         if self.members:

@@ -55,6 +55,9 @@ class Stage1Settings:
     refine_max_volume_ratio: float = 0.5  # [D] refined box used when its volume < half
     refine_with: str = "K"  # "K" (paper) or "KT": which stage-2 model refines the box
     refine_enabled: bool = True
+    support_components: bool = True  # [D] K/KT components must lie in stage 1's foreground (support.py)
+    support_min_fraction: float = 0.1  # [D] stage-1 components < 10 % of its largest give no support
+    support_min_overlap: float = 0.5  # [D] a K/KT component needs >= half its voxels in the support
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from .boxes import Box
 from .settings import DEFAULT_SETTINGS, MethodSettings
+from .support import keep_supported, support_in_box
 from .targets import landmark_peaks
 
 LANDMARK_NAMES = ("left", "top", "right", "bottom", "center")
@@ -105,11 +106,17 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return keep[labels]
 
 
-def refined_kidney_box(kidney_probability: np.ndarray, region: Box, settings: MethodSettings = DEFAULT_SETTINGS) -> Box | None:
+def refined_kidney_box(kidney_probability: np.ndarray, region: Box, settings: MethodSettings = DEFAULT_SETTINGS,
+                       support_down: np.ndarray | None = None) -> Box | None:
     """Box of the stage-2 kidney prediction over ``region`` (``[z, y, x]`` probabilities) after
-    removing components < 1500 voxels, in working-frame coordinates; None when nothing is left."""
+    removing components < 1500 voxels, in working-frame coordinates; None when nothing is left.
+    ``support_down`` (stage 1's support on the ×4 grid, see support.py) also removes the
+    components that lie mostly outside it."""
     mask = remove_small_components(kidney_probability >= settings.geometry.probability_threshold,
                                    settings.stage1.refine_min_component_voxels)
+    if support_down is not None:
+        support = support_in_box(support_down, region, settings.geometry.downsample_factor)
+        mask = keep_supported(mask, support, settings.stage1.support_min_overlap)
     box = Box.from_mask(mask)
     if box is None:
         return None
@@ -133,6 +140,7 @@ def choose_crop(
     working_shape: tuple[int, ...],
     kidney_probability: KidneyProbability | None,
     settings: MethodSettings = DEFAULT_SETTINGS,
+    support_down: np.ndarray | None = None,
 ) -> Stage1Result:
     """Mixed cropping (SPEC §1) from stage 1's outputs on the ×4 grid.
 
@@ -140,7 +148,8 @@ def choose_crop(
     5 landmark channels ``[5, z, y, x]``. ``kidney_probability`` runs the stage-2 kidney models
     over a working-frame box (None, or ``settings.stage1.refine_enabled`` False, skips the
     over-prediction rule). The kidney models see the chosen box grown by the stage-2 margin, the
-    context they were trained with.
+    context they were trained with. ``support_down`` (None: off) limits the refinement to the
+    kidney components lying mostly in stage 1's support (support.py).
     """
     seg_box = segmentation_box(probability_down, working_shape, settings)
     lm_box = landmark_box(heatmaps_down, working_shape, settings)
@@ -149,7 +158,7 @@ def choose_crop(
     refined = None
     if kidney_probability is not None and settings.stage1.refine_enabled:
         region = stage2_crop(chosen, working_shape, settings)
-        candidate = refined_kidney_box(kidney_probability(region), region, settings)
+        candidate = refined_kidney_box(kidney_probability(region), region, settings, support_down)
         if accept_refinement(candidate, chosen, settings):
             refined = candidate
             decisions.append(f"kidney box {candidate.volume} < half of {chosen.volume} voxels: refined box used")

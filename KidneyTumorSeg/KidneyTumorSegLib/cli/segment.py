@@ -39,6 +39,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-tumor-pixels", type=int, default=DEFAULT_SETTINGS.fusion.min_tumor_component_pixels,
                         help="keep per-slice tumor components larger than this (default 64)")
     parser.add_argument("--strict", action="store_true", help="strict consensus: KT-only voxels become background, not kidney")
+    parser.add_argument("--keep-all-components", action="store_true",
+                        help="keep stage 2's kidney components that stage 1 did not see (the paper's behaviour; "
+                             "use it when your --box holds a kidney stage 1 missed)")
     parser.add_argument("--force", action="store_true", help="segment even if the image does not look like CT")
     parser.add_argument("--progress", choices=MODES, default="bar", help="bar (terminal), json (lines on stdout) or none")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -68,7 +71,8 @@ def method_settings(args: argparse.Namespace) -> MethodSettings:
     """The method settings the command-line options select."""
     fusion = dataclasses.replace(DEFAULT_SETTINGS.fusion, min_tumor_component_pixels=args.min_tumor_pixels,
                                  kt_only_label=0 if args.strict else DEFAULT_SETTINGS.fusion.kt_only_label)
-    return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion)
+    stage1 = dataclasses.replace(DEFAULT_SETTINGS.stage1, support_components=not args.keep_all_components)
+    return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion, stage1=stage1)
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
@@ -113,8 +117,10 @@ def stage1_plan(cascade: Cascade) -> list[str]:
 
 def plan(cascade: Cascade, with_stage1: bool) -> list[str]:
     """The models a run reports progress for, in the order they run (the kidney models refine
-    stage 1's box before stage 2, which reuses their output)."""
-    first = stage1_plan(cascade) if with_stage1 else []
+    stage 1's box before stage 2, which reuses their output; with a given box, stage 1's
+    segmentation head runs for the support rule)."""
+    support = ["stage1"] if cascade.settings.stage1.support_components else []
+    first = stage1_plan(cascade) if with_stage1 else support
     return first + [r for r in STAGE2_ORDER if r in cascade.members and r not in first]
 
 

@@ -1,0 +1,59 @@
+"""Stage 1's foreground as the support of stage 2's components [D].
+
+Stage 2's kidney models (K, KT) see only a crop, and inside it they can mark structures that look
+like kidney (bright contrast-filled bowel loops, vessels) far from any kidney. Stage 1 sees the
+whole body at ×4 and is rarely fooled the same way. With ``stage1.support_components`` on, a 3D
+connected component of K or KT is kept only when at least ``stage1.support_min_overlap`` (half)
+of its voxels lie in stage 1's foreground -- touching it at the blocky ×4 edge is not enough;
+stage 1's own small islands (< ``stage1.support_min_fraction`` of its largest component) do not
+count as support. The paper has no such rule; switch it off for the paper's behaviour.
+
+Arrays are ``[z, y, x]``: the ×4 grid for stage 1's outputs, the working frame (or a box of it)
+for stage 2's masks.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .boxes import Box
+from .settings import DEFAULT_SETTINGS, MethodSettings
+
+CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def stage1_support(probability_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """Stage 1's foreground ``p >= 0.5`` on the ×4 grid (bool, same shape), without the
+    26-connected components smaller than ``support_min_fraction`` of the largest."""
+    foreground = probability_down >= settings.geometry.probability_threshold
+    components, count = ndimage.label(foreground, structure=CONNECTIVITY_26)
+    if count == 0:
+        return foreground
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    keep = sizes >= settings.stage1.support_min_fraction * sizes.max()
+    keep[0] = False
+    return keep[components]
+
+
+def support_in_box(support_down: np.ndarray, box: Box, factor: int) -> np.ndarray:
+    """The ×4-grid mask ``support_down`` seen on the working-frame voxels of ``box`` (bool,
+    ``box.size``): voxel ``v`` takes the value of block ``v // factor`` (False past the grid's end)."""
+    blocks = [np.arange(start, stop + 1) // factor for start, stop in zip(box.start, box.stop)]
+    pad = [(0, max(0, int(block[-1]) + 1 - length)) for block, length in zip(blocks, support_down.shape)]
+    return np.pad(support_down, pad)[np.ix_(*blocks)]
+
+
+def keep_supported(mask: np.ndarray, support: np.ndarray, min_overlap: float) -> np.ndarray:
+    """The 26-connected components of ``mask`` with at least ``min_overlap`` of their voxels (and
+    at least one) in ``support`` (bool, same shape)."""
+    if mask.shape != support.shape:
+        raise ValueError(f"keep_supported: mask {mask.shape} and support {support.shape} differ")
+    components, count = ndimage.label(mask, structure=CONNECTIVITY_26)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    supported = np.bincount(components[support & mask], minlength=count + 1)
+    keep = (supported > 0) & (supported >= min_overlap * sizes)
+    keep[0] = False
+    return keep[components]
