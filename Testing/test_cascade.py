@@ -106,7 +106,7 @@ def test_members_restrict_the_ensemble(bundle: ModelBundle) -> None:
     crop = Box((2, 10, 10), (17, 53, 53))
     result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=crop)
     assert [role for role, _, _ in calls] == ["stage1", "KT", "T-vnet", "T2D-ax-dice"]  # stage 1 for the support
-    assert result.models == ("KT", "T-vnet", "T2D-ax-dice")
+    assert result.models == ("stage1", "KT", "T-vnet", "T2D-ax-dice")
     with pytest.raises(ValueError, match="unknown ensemble members: T9"):
         Cascade(bundle, _options(members=("T9",)))
 
@@ -119,7 +119,7 @@ def test_a_given_crop_skips_stage_1(bundle: ModelBundle, support: bool) -> None:
     crop = Box((3, 12, 20), (15, 50, 45))
     result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=crop)
     assert calls == [("stage1", "stage1", (5, 16, 16))] * support + [("KT", "stage2", crop.size)]
-    assert result.stage1 is None and result.crop_box == crop and result.models == ("KT",)
+    assert result.stage1 is None and result.crop_box == crop and result.models == ("stage1",) * support + ("KT",)
     outside = np.ones(SHAPE, bool)
     outside[crop.slices] = False
     assert not result.labels_working[outside].any()
@@ -164,6 +164,18 @@ def test_kidney_probabilities_of_the_refinement_are_reused_in_stage_2(bundle: Mo
     assert [(role, stage) for role, stage, _ in calls] == [
         ("stage1", "stage1"), ("K1", "stage1"), ("K2", "stage1"), ("KT", "stage2")]
     assert everywhere.networks["K1"].calls == everywhere.networks["K2"].calls == 1
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_stage_2_runs_the_kidney_models_only_where_they_change_a_label(bundle: ModelBundle, strict: bool) -> None:
+    """Under the default, KT-only voxels are kidney whatever K says, so a given box runs no K model."""
+    settings = _settings(fusion={"kt_only_label": 0}) if strict else DEFAULT_SETTINGS
+    cascade = Cascade(bundle, _options(members=("K1", "K2"), settings=settings))
+    calls = _recording(cascade)
+    result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=Box((2, 10, 10), (17, 53, 53)))
+    ran = ("stage1", "KT", "K1", "K2") if strict else ("stage1", "KT")
+    assert tuple(role for role, _, _ in calls) == result.models == ran
+    assert cascade.kidney_models_label is strict
 
 
 def test_refinement_with_the_kt_model(bundle: ModelBundle) -> None:

@@ -52,6 +52,15 @@ def test_assign_labels_strict_consensus(kt, k, ts, expected):
     assert _label(kt, k, ts, STRICT) == expected
 
 
+def test_k_changes_no_label_under_the_default():
+    """Why stage 2 skips K1/K2 unless in strict consensus: the labels are the same without K."""
+    rng = np.random.default_rng(3)
+    kt, k, t1, t2 = (rng.random((6, 16, 16)).astype(np.float16) for _ in range(4))
+    np.testing.assert_array_equal(fusion.assign_labels(kt, k, [t1, t2]), fusion.assign_labels(kt, None, [t1, t2]))
+    strict = dataclasses.replace(DEFAULT_SETTINGS, fusion=dataclasses.replace(DEFAULT_SETTINGS.fusion, kt_only_label=0))
+    assert not np.array_equal(fusion.assign_labels(kt, k, [t1, t2], strict), fusion.assign_labels(kt, None, [t1, t2], strict))
+
+
 def test_assign_labels_threshold_on_k_in_strict_mode():
     assert _label(0.9, 0.5, [], STRICT) == 1
     assert _label(0.9, 0.4999, [], STRICT) == 0

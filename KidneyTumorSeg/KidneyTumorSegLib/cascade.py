@@ -24,7 +24,7 @@ from .inference.cancellation import CancelCallback, check_cancel
 from .networks.registry import ROLES, required_divisor
 from .preprocessing import downsample_mean, normalize_hu
 from .resample_torch import to_working_frame_torch
-from .settings import DEFAULT_SETTINGS, MethodSettings
+from .settings import DEFAULT_SETTINGS, LABEL_KIDNEY, MethodSettings
 from .stage1 import Stage1Result, choose_crop
 from .support import keep_supported, stage1_support, support_in_box
 from .validation import check_memory
@@ -82,7 +82,7 @@ class PreparedCase:
 class SegmentationResult:
     """A finished segmentation: ``labels`` on the input grid ``[i, j, k]`` (uint8 0/1/2),
     ``labels_working`` on the working frame ``[z, y, x]``, the crop, stage 1's result (None when
-    the box was given), the models that ran and the seconds per step."""
+    the box was given), the models that ran (in cascade order) and the seconds per step."""
 
     labels: np.ndarray
     labels_working: np.ndarray
@@ -111,6 +111,13 @@ class Cascade:
             raise ValueError(f"unknown ensemble members: {', '.join(sorted(unknown))}")
         self.members = tuple(r for r in STAGE2_ORDER if r in bundle.networks and (members is None or r in members or r == "KT"))
         self.timings: dict[str, float] = {}
+
+    @property
+    def kidney_models_label(self) -> bool:
+        """Whether K1/K2 can change a label in stage 2: only in strict consensus. Under the default
+        (KT-only voxels are kidney) the label is the same with or without K, so stage 2 does not
+        run them; they still refine stage 1's box."""
+        return self.settings.fusion.kt_only_label != LABEL_KIDNEY
 
     # -- preparation -------------------------------------------------------------------------
     def prepare(self, image: Image) -> PreparedCase:
@@ -264,7 +271,7 @@ class Cascade:
             logger.info("stage 2: kept %d of %d KT voxels, in components stage 1 supports", kept.sum(), kt_mask.sum())
             kt, kt_mask = np.where(kept, kt, 0).astype(kt.dtype), kept
         region = kt_mask if self.options.skip_outside_kt else None
-        kidney = self._kidney_probability(case, crop, progress, cancel, region=region)
+        kidney = self._kidney_probability(case, crop, progress, cancel, region=region) if self.kidney_models_label else None
         tumor = [self._run_3d(r, volume, "seg", progress, "stage2", cancel, region)[0] for r in TUMOR_3D_ROLES if r in self.members]
         two_d = [self._run_2d(r, volume, progress, cancel, region) for r in TUMOR_2D_ROLES if r in self.members]
         if two_d:
@@ -292,6 +299,6 @@ class Cascade:
         labels_working[crop.slices] = labels_crop
         labels = labels_to_source(labels_working, case.frame)
         self.timings["to_input_grid"] = time.perf_counter() - start
-        ran = ("stage1",) * (stage1 is not None) + self.members
+        ran = tuple(role for role in ("stage1", *self.members) if role in self.timings)
         return SegmentationResult(labels, labels_working, crop, stage1, ran, dict(self.timings))
 

@@ -117,11 +117,12 @@ def stage1_plan(cascade: Cascade) -> list[str]:
 
 def plan(cascade: Cascade, with_stage1: bool) -> list[str]:
     """The models a run reports progress for, in the order they run (the kidney models refine
-    stage 1's box before stage 2, which reuses their output; with a given box, stage 1's
-    segmentation head runs for the support rule)."""
+    stage 1's box; stage 2 runs them only in strict consensus, the one mode where they change a
+    label; with a given box, stage 1's segmentation head runs for the support rule)."""
     support = ["stage1"] if cascade.settings.stage1.support_components else []
     first = stage1_plan(cascade) if with_stage1 else support
-    return first + [r for r in STAGE2_ORDER if r in cascade.members and r not in first]
+    stage2 = [r for r in STAGE2_ORDER if r in cascade.members and (r not in KIDNEY_ROLES or cascade.kidney_models_label)]
+    return first + [r for r in stage2 if r not in first]
 
 
 def read_checked_image(args: argparse.Namespace) -> Image:
