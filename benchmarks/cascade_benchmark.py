@@ -9,9 +9,10 @@ is a phantom CT built on a real KiTS19 mask (``--mask``), optionally padded or c
     python benchmarks/cascade_benchmark.py --mask M --untrained paper --crop-from-truth --device cuda
     python benchmarks/cascade_benchmark.py --mask M --slices 64,300,600 --threads 1,2   # depth and threads
 
-With an untrained bundle stage 1 predicts nothing useful, so ``--crop-from-truth`` still runs
-(and times) stage 1 but crops stage 2 like a trained stage 1 would: the true kidney box plus
-the stage-2 margin.
+``full`` is stage 2 alone over the whole volume, as a method without stage 1 would run it: no
+stage 1, so no support rule either (support.py). With an untrained bundle stage 1 predicts
+nothing useful, so ``--crop-from-truth`` still runs (and times) stage 1 but crops stage 2 like a
+trained stage 1 would: the true kidney box plus the stage-2 margin, without the support rule.
 """
 from __future__ import annotations
 
@@ -72,8 +73,11 @@ def run_single(args: argparse.Namespace) -> dict:
     bundle = load_bundle(args.bundle)
     timings["load_bundle"] = time.perf_counter() - start
     settings = DEFAULT_SETTINGS
-    if args.crop_from_truth:  # untrained stage 1: time its network, not a refinement of a random box
-        settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, refine_enabled=False))
+    if args.crop_from_truth:  # untrained stage 1: time its network, not a refinement of a random box or its support
+        settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, refine_enabled=False,
+                                                                            support_components=False))
+    elif args.mode == "full":  # stage 2 alone, as a method without stage 1 runs it: no support either
+        settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, support_components=False))
     cascade = Cascade(bundle, InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size,
                                                settings=settings))
     if cascade.device.type == "cuda":
