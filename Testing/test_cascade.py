@@ -85,9 +85,12 @@ def test_labels_come_back_on_the_input_grid(bundle_path: Path, orientation: str)
     assert not result.labels_working[outside].any()
 
 
+ALWAYS_REFINE = {"refine_only_when_support_is_smaller": False}
+
+
 def test_the_whole_twelve_model_ensemble_runs(bundle: ModelBundle) -> None:
     image = image_in(phantom_ct(SHAPE), "IPL")
-    cascade = Cascade(bundle, _options())
+    cascade = Cascade(bundle, _options(settings=_settings(stage1=ALWAYS_REFINE)))
     calls = _recording(cascade)
     result = cascade.segment(image)
     assert result.models == ("stage1", *STAGE2_ORDER) and len(result.models) == 12
@@ -155,7 +158,7 @@ def test_no_kidney_found_through_the_cascade(bundle: ModelBundle) -> None:
 
 def test_kidney_probabilities_of_the_refinement_are_reused_in_stage_2(bundle: ModelBundle) -> None:
     everywhere = _with(bundle, {"K1": ThresholdNet(low=-1.0), "K2": ThresholdNet(low=-1.0)})
-    cascade = Cascade(everywhere, _options(members=("K1", "K2")))
+    cascade = Cascade(everywhere, _options(members=("K1", "K2"), settings=_settings(stage1=ALWAYS_REFINE)))
     calls = _recording(cascade)
     result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"))
     assert result.stage1.refined_box is None  # the kidney fills the box: kept
@@ -185,7 +188,7 @@ def test_refinement_with_the_kt_model(bundle: ModelBundle) -> None:
     stage1 = ThresholdNet(low=normalized(90), channels=5, heat=0.0)
     kt = ThresholdNet(low=normalized(130))
     cascade = Cascade(_with(bundle, {"stage1": stage1, "KT": kt, "K1": ThresholdNet(low=-1.0)}),
-                      _options(members=("K1",), settings=_settings(stage1={"refine_with": "KT"})))
+                      _options(members=("K1",), settings=_settings(stage1={"refine_with": "KT", **ALWAYS_REFINE})))
     calls = _recording(cascade)
     result = cascade.segment(image_in(ct, "IPL"))
     left = Box((5, 16, 40), (14, 47, 55))

@@ -92,7 +92,7 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
 
     data = json.loads(report.read_text(encoding="utf-8"))
     assert {"input", "bundle", "models", "crop", "stage1", "measurements", "seconds", "peak_rss_mb"} <= set(data)
-    assert data["models"] == ["stage1", "KT", "K1", "T-vnet"]
+    assert data["models"] == ["stage1", "KT", "T-vnet"]  # stage 1 fills its box: K1 has nothing to refine
     assert data["crop"]["ijk"] == EXPECTED_CROP_IJK
     assert np.array(data["crop"]["ras"]).shape == (2, 3)
     assert set(data["stage1"]["boxes"]) == {"segmentation", "landmarks", "chosen", "refined", "crop"}
@@ -100,8 +100,9 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert data["stage1"]["boxes"]["segmentation"]["ijk"] == FULL_IJK
     assert data["measurements"] == json.loads(json.dumps(measure(labels, written.affine)))
     assert {"kidney_ml", "tumor_ml", "tumor_count", "tumors", "largest_tumor_diameter_mm"} <= set(data["measurements"])
-    assert data["measurements"]["kidney_ml"]["total"] > 0  # KT and K1 mark the whole crop
-    assert {"total", "prepare", "stage1", "K1", "KT", "T-vnet", "fusion"} <= set(data["seconds"])
+    assert data["measurements"]["kidney_ml"]["total"] > 0  # KT marks the whole crop
+    assert {"total", "prepare", "stage1", "KT", "T-vnet", "fusion"} <= set(data["seconds"]) and "K1" not in data["seconds"]
+    assert "no refinement needed" in data["stage1"]["decisions"][-1]
 
     events = [json.loads(line) for line in stdout.splitlines()]
     assert events[-1] == {"type": "done", "output": str(out)}
@@ -109,9 +110,9 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert all(e["type"] == "progress" and 0.0 <= e["fraction"] <= 1.0 for e in progress)
     fractions = [e["fraction"] for e in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    # In the order they run: stage 1 and its refining K1, then KT and the tumor model.
+    # In the order they run: stage 1, then KT and the tumor model.
     order = list(dict.fromkeys((e["stage"], e["model"]) for e in progress))
-    assert order == [("stage1", "stage1"), ("stage1", "K1"), ("stage2", "KT"), ("stage2", "T-vnet")]
+    assert order == [("stage1", "stage1"), ("stage2", "KT"), ("stage2", "T-vnet")]
 
 
 def test_segment_with_the_whole_volume(files, tmp_path: Path, capsys) -> None:

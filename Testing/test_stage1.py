@@ -308,6 +308,24 @@ def test_support_drops_kidney_components_stage_1_does_not_touch() -> None:
     assert supported.refined_box == LEFT_KIDNEY and "refined box used" in supported.decisions[-1]
 
 
+def test_refinement_is_skipped_when_stage_1s_support_fills_the_box() -> None:
+    probability, heatmaps = np.zeros(DOWN, np.float32), _no_heatmaps()
+    _kidneys_down(probability, heatmaps, [LEFT_KIDNEY_DOWN, RIGHT_KIDNEY_DOWN])
+    both = probability >= 0.5
+    calls: list[Box] = []
+    kidney_models = _kidney_probability([LEFT_KIDNEY], calls)
+    skipped = choose_crop(probability, heatmaps, WORKING, kidney_models, support_down=both)
+    assert calls == [] and skipped.refined_box is None and "no refinement needed" in skipped.decisions[-1]
+    assert skipped.crop_box == stage2_crop(skipped.chosen_box, WORKING)
+    left = both.copy()
+    left[..., RIGHT_KIDNEY_DOWN[0]:] = False  # the support's box is below half of the chosen box: refine
+    assert choose_crop(probability, heatmaps, WORKING, kidney_models, support_down=left).refined_box == LEFT_KIDNEY
+    assert len(calls) == 1
+    always = _with_stage1(refine_only_when_support_is_smaller=False)
+    assert choose_crop(probability, heatmaps, WORKING, kidney_models, always, support_down=both).refined_box == LEFT_KIDNEY
+    assert len(calls) == 2
+
+
 def test_refinement_disabled_or_without_kidney_models() -> None:
     probability, heatmaps = np.zeros(DOWN, np.float32), _no_heatmaps()
     _kidneys_down(probability, heatmaps, [LEFT_KIDNEY_DOWN, RIGHT_KIDNEY_DOWN])

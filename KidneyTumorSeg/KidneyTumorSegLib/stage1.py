@@ -129,6 +129,23 @@ def accept_refinement(refined: Box | None, previous: Box, settings: MethodSettin
     return refined is not None and refined.volume < settings.stage1.refine_max_volume_ratio * previous.volume
 
 
+def support_fills(support_down: np.ndarray | None, chosen: Box, working_shape: tuple[int, ...],
+                  settings: MethodSettings = DEFAULT_SETTINGS) -> str | None:
+    """Why the refinement can be skipped, or None. With stage 1's support, the refined box holds
+    only kidney components lying mostly in the support, so it is about the support's box; when
+    that box is not below half of ``chosen``, the over-prediction rule would keep ``chosen``
+    anyway [D: ``refine_only_when_support_is_smaller``]."""
+    if support_down is None or not settings.stage1.refine_only_when_support_is_smaller:
+        return None
+    support_box = Box.from_mask(support_down)
+    if support_box is None:
+        return None
+    support_box = support_box.scaled_up(settings.geometry.downsample_factor, working_shape)
+    if accept_refinement(support_box, chosen, settings):
+        return None
+    return f"stage 1's kidneys fill the box ({support_box.volume} of {chosen.volume} voxels): no refinement needed"
+
+
 def stage2_crop(box: Box, working_shape: tuple[int, ...], settings: MethodSettings = DEFAULT_SETTINGS) -> Box:
     """The stage-2 crop: ``box`` grown by the kidney margin (8 / 64 / 64 per side) and clipped."""
     return box.expanded(settings.crop.kidney_margin_zyx).clipped(working_shape)
@@ -149,14 +166,18 @@ def choose_crop(
     over a working-frame box (None, or ``settings.stage1.refine_enabled`` False, skips the
     over-prediction rule). The kidney models see the chosen box grown by the stage-2 margin, the
     context they were trained with. ``support_down`` (None: off) limits the refinement to the
-    kidney components lying mostly in stage 1's support (support.py).
+    kidney components lying mostly in stage 1's support (support.py), and skips it when the
+    support already fills half the box (:func:`support_fills`).
     """
     seg_box = segmentation_box(probability_down, working_shape, settings)
     lm_box = landmark_box(heatmaps_down, working_shape, settings)
     chosen, width_decision = choose_by_width(seg_box, lm_box, settings)
     decisions = [width_decision]
     refined = None
-    if kidney_probability is not None and settings.stage1.refine_enabled:
+    filled = support_fills(support_down, chosen, working_shape, settings)
+    if filled:
+        decisions.append(filled)
+    elif kidney_probability is not None and settings.stage1.refine_enabled:
         region = stage2_crop(chosen, working_shape, settings)
         candidate = refined_kidney_box(kidney_probability(region), region, settings, support_down)
         if accept_refinement(candidate, chosen, settings):
