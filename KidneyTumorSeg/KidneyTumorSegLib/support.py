@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from .boxes import Box
 from .settings import DEFAULT_SETTINGS, MethodSettings
+from .targets import large_components
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -25,15 +26,9 @@ CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 def stage1_support(probability_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
     """Stage 1's foreground ``p >= 0.5`` on the ×4 grid (bool, same shape), without the
     26-connected components smaller than ``support_min_fraction`` of the largest."""
-    foreground = probability_down >= settings.geometry.probability_threshold
-    components, count = ndimage.label(foreground, structure=CONNECTIVITY_26)
-    if count == 0:
-        return foreground
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    keep = sizes >= settings.stage1.support_min_fraction * sizes.max()
-    keep[0] = False
-    return keep[components]
+    labels, keep = large_components(probability_down >= settings.geometry.probability_threshold,
+                                    settings.stage1.support_min_fraction)
+    return keep[labels]
 
 
 def support_in_box(support_down: np.ndarray, box: Box, factor: int) -> np.ndarray:

@@ -33,6 +33,18 @@ def in_slice_structure(connectivity: int) -> np.ndarray:
     return structure
 
 
+def large_components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected 3D components of a bool ``mask`` ``[z, y, x]``: their int32 labels (0 =
+    background) and, per label, whether it has at least ``min_fraction`` of the largest one's
+    voxels (``keep[0]`` is False)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    keep = sizes >= min_fraction * sizes.max() if count else np.zeros(1, dtype=bool)
+    keep[0] = False
+    return labels, keep
+
+
 def kidney_components(mask_zyx: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
     """Label each "kidney" of a foreground mask ``[z, y, x]`` (SPEC §1 [D]).
 
@@ -40,14 +52,8 @@ def kidney_components(mask_zyx: np.ndarray, settings: MethodSettings = DEFAULT_S
     than ``landmark_min_component_fraction`` of the largest one are dropped (set to 0).
     Returns int32 labels ``[z, y, x]``, 1..n in scipy's scan order, 0 for background.
     """
-    labels, count = ndimage.label(mask_zyx > 0, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return labels
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    keep = sizes >= settings.targets.landmark_min_component_fraction * sizes.max()
-    keep[0] = False
-    new_ids = np.zeros(count + 1, dtype=np.int32)
+    labels, keep = large_components(mask_zyx > 0, settings.targets.landmark_min_component_fraction)
+    new_ids = np.zeros(keep.size, dtype=np.int32)
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return new_ids[labels]
 
