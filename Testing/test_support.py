@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.boxes import Box
-from KidneyTumorSegLib.settings import DEFAULT_SETTINGS
+from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, MethodSettings
 from KidneyTumorSegLib.support import keep_supported, stage1_support, support_in_box
+
+
+def _stage1(**changes) -> MethodSettings:
+    return dataclasses.replace(DEFAULT_SETTINGS, stage1=dataclasses.replace(DEFAULT_SETTINGS.stage1, **changes))
 
 
 def test_stage1_support_drops_islands_below_a_tenth_of_the_largest() -> None:
@@ -18,12 +22,23 @@ def test_stage1_support_drops_islands_below_a_tenth_of_the_largest() -> None:
     probability[6:8, 30:35, 30:34] = 0.8  # 40 voxels = 10 %: kept
     probability[6:8, 2:5, 30:36] = 0.8  # 36 voxels < 10 %: dropped
     probability[6, 38, 2] = 0.49  # below the threshold
-    support = stage1_support(probability)
+    many = _stage1(support_max_components=10)
+    support = stage1_support(probability, many)
     expected = probability >= 0.5
     expected[6:8, 2:5, 30:36] = False
     np.testing.assert_array_equal(support, expected)
-    lenient = dataclasses.replace(DEFAULT_SETTINGS, stage1=dataclasses.replace(DEFAULT_SETTINGS.stage1, support_min_fraction=0.05))
-    assert stage1_support(probability, lenient)[6:8, 2:5, 30:36].all()
+    assert stage1_support(probability, _stage1(support_min_fraction=0.05, support_max_components=10))[6:8, 2:5, 30:36].all()
+
+
+def test_stage1_support_keeps_the_two_largest_components() -> None:
+    """Two kidneys and a third large look-alike (the femoral heads of a long scan): two count."""
+    probability = np.zeros((8, 40, 60), np.float32)
+    probability[0:4, 2:12, 2:12] = 0.9  # 400 voxels
+    probability[0:4, 2:12, 20:29] = 0.9  # 360 voxels
+    probability[5:8, 30:40, 40:50] = 0.9  # 300 voxels: third largest, dropped
+    support = stage1_support(probability)
+    assert support[0:4, 2:12, 2:12].all() and support[0:4, 2:12, 20:29].all() and not support[5:8, 30:40, 40:50].any()
+    np.testing.assert_array_equal(stage1_support(probability, _stage1(support_max_components=3)), probability >= 0.5)
 
 
 def test_stage1_support_components_are_26_connected() -> None:

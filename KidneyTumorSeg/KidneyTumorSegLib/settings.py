@@ -57,6 +57,7 @@ class Stage1Settings:
     refine_enabled: bool = True
     support_components: bool = True  # [D] K/KT components must lie in stage 1's foreground (support.py)
     support_min_fraction: float = 0.1  # [D] stage-1 components < 10 % of its largest give no support
+    support_max_components: int = 2  # [D] ... nor do any but its two largest (two kidneys)
     support_min_overlap: float = 0.5  # [D] a K/KT component needs >= half its voxels in the support
     refine_only_when_support_is_smaller: bool = True  # [D] with the support: skip K when it cannot shrink the box
 

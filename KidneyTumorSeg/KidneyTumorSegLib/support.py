@@ -6,7 +6,8 @@ whole body at ×4 and is rarely fooled the same way. With ``stage1.support_compo
 connected component of K or KT is kept only when at least ``stage1.support_min_overlap`` (half)
 of its voxels lie in stage 1's foreground -- touching it at the blocky ×4 edge is not enough;
 stage 1's own small islands (< ``stage1.support_min_fraction`` of its largest component) do not
-count as support. The paper has no such rule; switch it off for the paper's behaviour.
+count as support, nor does any component beyond its two largest (``support_max_components``:
+a body has two kidneys). The paper has no such rule; switch it off for the paper's behaviour.
 
 Arrays are ``[z, y, x]``: the ×4 grid for stage 1's outputs, the working frame (or a box of it)
 for stage 2's masks.
@@ -24,10 +25,15 @@ CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def stage1_support(probability_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
-    """Stage 1's foreground ``p >= 0.5`` on the ×4 grid (bool, same shape), without the
-    26-connected components smaller than ``support_min_fraction`` of the largest."""
+    """Stage 1's foreground ``p >= 0.5`` on the ×4 grid (bool, same shape): its 26-connected
+    components of at least ``support_min_fraction`` of the largest, and of those only the
+    ``support_max_components`` largest (a body has two kidneys)."""
     labels, keep = large_components(probability_down >= settings.geometry.probability_threshold,
                                     settings.stage1.support_min_fraction)
+    sizes = np.where(keep, np.bincount(labels.ravel(), minlength=keep.size), 0)
+    largest = np.argsort(sizes, kind="stable")[::-1][:settings.stage1.support_max_components]
+    keep = np.zeros_like(keep)
+    keep[largest] = sizes[largest] > 0
     return keep[labels]
 
 
