@@ -157,8 +157,11 @@ def test_no_kidney_found_through_the_cascade(bundle: ModelBundle) -> None:
 
 
 def test_kidney_probabilities_of_the_refinement_are_reused_in_stage_2(bundle: ModelBundle) -> None:
+    """In strict consensus (K changes labels) without the support rule, stage 2 reuses the
+    refinement's K (with the support, the refinement runs K only near stage 1's kidneys)."""
     everywhere = _with(bundle, {"K1": ThresholdNet(low=-1.0), "K2": ThresholdNet(low=-1.0)})
-    cascade = Cascade(everywhere, _options(members=("K1", "K2"), settings=_settings(stage1=ALWAYS_REFINE)))
+    settings = _settings(stage1={"support_components": False}, fusion={"kt_only_label": 0})
+    cascade = Cascade(everywhere, _options(members=("K1", "K2"), settings=settings))
     calls = _recording(cascade)
     result = cascade.segment(image_in(phantom_ct(SHAPE), "IPL"))
     assert result.stage1.refined_box is None  # the kidney fills the box: kept
@@ -233,6 +236,27 @@ def test_components_stage_1_does_not_see_are_dropped(bundle: ModelBundle, suppor
     lookalike = result.labels_working[1:4, 4:12, 24:40]
     assert np.all(lookalike == 0) if support else np.all(lookalike == 1)  # off: the paper keeps every KT voxel
     assert not result.labels_working[~kidneys & (ct != 130)].any()
+
+
+def test_the_refinement_runs_k_only_near_stage_1s_kidneys(bundle: ModelBundle) -> None:
+    ct = _ct_with_a_lookalike()
+    cascade = Cascade(_with(bundle, _lookalike_networks()), _options(members=("K1", "K2"), settings=_settings(stage1=ALWAYS_REFINE)))
+    regions: list[tuple[str, np.ndarray | None]] = []
+    run_3d = cascade._run_3d
+
+    def record(role, volume, output, report, stage, cancel, region=None):
+        if stage == "stage1" and role != "stage1":
+            regions.append((role, region))
+        return run_3d(role, volume, output, report, stage, cancel, region)
+
+    cascade._run_3d = record
+    result = cascade.segment(image_in(ct, "IPL"))
+    assert [role for role, _ in regions] == ["K1", "K2"]
+    expected = np.zeros(SHAPE, bool)
+    expected[4:16, 16:48, 8:24] = expected[4:16, 16:48, 40:56] = True  # the kidneys stage 1 sees
+    box = stage2_crop(result.stage1.chosen_box, SHAPE)
+    for _, region in regions:
+        np.testing.assert_array_equal(region, expected[box.slices])
 
 
 def test_support_with_a_crop_given_by_hand(bundle: ModelBundle) -> None:

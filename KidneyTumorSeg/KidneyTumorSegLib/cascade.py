@@ -215,11 +215,18 @@ class Cascade:
     # -- stage 1 -----------------------------------------------------------------------------
     def _refiner(self, case: PreparedCase, progress: ProgressReport,
                  cancel: CancelCallback | None) -> Callable[[Box], np.ndarray] | None:
-        """The over-prediction rule's model: KT when configured, else mean(K1, K2); None without them."""
+        """The over-prediction rule's model: KT when configured, else mean(K1, K2); None without them.
+        With stage 1's support it runs only on the patches holding a support voxel: there its
+        output is exact, and the rule keeps only components lying mostly there."""
+        support = self._usable_support(case)
+
+        def region(box: Box) -> np.ndarray | None:
+            return None if support is None else support_in_box(support, box, self.settings.geometry.downsample_factor)
+
         if self.settings.stage1.refine_with == "KT":
-            return lambda box: self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel)[0]
+            return lambda box: self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel, region(box))[0]
         if any(r in self.members for r in KIDNEY_ROLES):
-            return lambda box: self._kidney_probability(case, box, progress, cancel, "stage1")
+            return lambda box: self._kidney_probability(case, box, progress, cancel, "stage1", region(box))
         return None
 
     def locate(self, case: PreparedCase, progress: ProgressReport = _silent, cancel: CancelCallback | None = None) -> Stage1Result:
