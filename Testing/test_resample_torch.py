@@ -1,4 +1,5 @@
-"""The grid_sample resampling (the GPU path of Cascade.prepare) equals the scipy path."""
+"""The grid_sample resampling of Cascade.prepare (on every device) equals the scipy path that
+prepares the training data."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,3 +30,18 @@ def test_torch_linear_resampling_equals_scipy(name: str) -> None:
     got = to_working_frame_torch(ct, frame, "cpu", order=1).numpy()
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=0.05)  # HU; float32 rounding only
+
+
+def test_prepare_normalises_like_the_training_cache() -> None:
+    from KidneyTumorSegLib.bundle import default_bundle_path, load_bundle
+    from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
+    from KidneyTumorSegLib.cli.demo import sample_case_path
+    from KidneyTumorSegLib.imageio import read_image
+    from KidneyTumorSegLib.preprocessing import normalize_hu
+
+    image = read_image(sample_case_path() / "imaging.nii.gz")  # a phantom on a real KiTS19 mask
+    cascade = Cascade(load_bundle(default_bundle_path(), roles=("stage1", "KT")), InferenceOptions(device="cpu"))
+    case = cascade.prepare(image)
+    expected = normalize_hu(to_working_frame(image.array, case.frame, order=1), cascade.bundle.intensity)
+    assert case.normalized.dtype == np.float32 and case.normalized.shape == expected.shape
+    np.testing.assert_allclose(case.normalized, expected, atol=1e-4)  # 0.05 HU of the 500 HU window

@@ -17,12 +17,12 @@ import torch
 from .boxes import Box
 from .bundle import ModelBundle
 from .fusion import assign_labels, average_probabilities, clean_tumor
-from .geometry import WorkingFrame, labels_to_source, to_working_frame, working_frame_for
+from .geometry import WorkingFrame, labels_to_source, working_frame_for
 from .imageio import Image
 from .inference import make_predictor, pick_device, predict_along_axis, resolve_amp_dtype, sliding_window_predict
 from .inference.cancellation import CancelCallback, check_cancel
 from .networks.registry import ROLES, required_divisor
-from .preprocessing import downsample_mean, normalize_hu
+from .preprocessing import downsample_mean
 from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, LABEL_KIDNEY, MethodSettings
 from .stage1 import Stage1Result, choose_crop
@@ -121,21 +121,17 @@ class Cascade:
 
     # -- preparation -------------------------------------------------------------------------
     def prepare(self, image: Image) -> PreparedCase:
-        """Resample ``image`` to the working frame (linear) and normalise its HU window.
-
-        On CUDA the resampling runs on the GPU (``grid_sample``, same result within float
-        rounding); on the CPU through scipy's separable path.
-        """
+        """Resample ``image`` to the working frame (linear, ``grid_sample`` on the cascade's device:
+        the same result as scipy's path within float rounding, and on the CPU about twice as fast)
+        and normalise its HU window."""
         start = time.perf_counter()
         frame = working_frame_for(image.array.shape, image.affine)
         check_memory(frame.shape)
-        if self.device.type == "cuda":
-            window = self.bundle.intensity
+        window = self.bundle.intensity
+        with torch.inference_mode():  # in place: no second copy of the working volume
             working = to_working_frame_torch(image.array, frame, self.device, order=1)
-            scaled = (working.clamp(window.hu_min, window.hu_max) - window.hu_min) / (window.hu_max - window.hu_min)
-            normalized = scaled.cpu().numpy()
-        else:
-            normalized = normalize_hu(to_working_frame(image.array, frame, order=1), self.bundle.intensity)
+            working.clamp_(window.hu_min, window.hu_max).sub_(window.hu_min).div_(window.hu_max - window.hu_min)
+            normalized = working.cpu().numpy()
         self.timings["prepare"] = time.perf_counter() - start
         return PreparedCase(image, frame, normalized, seconds=self.timings["prepare"])
 
