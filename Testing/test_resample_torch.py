@@ -30,6 +30,8 @@ def test_torch_linear_resampling_equals_scipy(name: str) -> None:
     got = to_working_frame_torch(ct, frame, "cpu", order=1).numpy()
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=0.05)  # HU; float32 rounding only
+    for slab in (2, 3, frame.shape[0] - 1):  # slabs of several sizes, a one-slice remainder among them
+        np.testing.assert_allclose(to_working_frame_torch(ct, frame, "cpu", order=1, slab=slab).numpy(), got, atol=0.05)
 
 
 def test_prepare_normalises_like_the_training_cache() -> None:
