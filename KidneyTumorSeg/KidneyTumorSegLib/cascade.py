@@ -209,12 +209,11 @@ class Cascade:
         return case.kidney_cache[box]
 
     # -- stage 1 -----------------------------------------------------------------------------
-    def _refiner(self, case: PreparedCase, progress: ProgressReport,
+    def _refiner(self, case: PreparedCase, support: np.ndarray | None, progress: ProgressReport,
                  cancel: CancelCallback | None) -> Callable[[Box], np.ndarray] | None:
         """The over-prediction rule's model: KT when configured, else mean(K1, K2); None without them.
-        With stage 1's support it runs only on the patches holding a support voxel: there its
+        With stage 1's ``support`` it runs only on the patches holding a support voxel: there its
         output is exact, and the rule keeps only components lying mostly there."""
-        support = self._usable_support(case)
 
         def region(box: Box) -> np.ndarray | None:
             return None if support is None else support_in_box(support, box, self.settings.geometry.downsample_factor)
@@ -227,23 +226,30 @@ class Cascade:
 
     def locate(self, case: PreparedCase, progress: ProgressReport = _silent, cancel: CancelCallback | None = None) -> Stage1Result:
         """Stage 1 with mixed cropping; the kidney models refine the box when the bundle has them."""
-        down = downsample_mean(case.normalized, self.settings.geometry.downsample_factor)
-        outputs = self._run_3d("stage1", down, "seg+reg", progress, "stage1", cancel)
-        case.support_down = stage1_support(outputs[0], self.settings)
+        outputs = self._run_stage1(case, "seg+reg", progress, cancel)
         start = time.perf_counter()
-        refine = self._refiner(case, progress, cancel)
-        result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings, self._usable_support(case))
+        support = self._usable_support(case)
+        refine = self._refiner(case, support, progress, cancel)
+        result = choose_crop(outputs[0], outputs[1:], case.normalized.shape, refine, self.settings, support)
         self.timings["mixed_cropping"] = time.perf_counter() - start  # includes the kidney models' runs
         for decision in result.decisions:
             logger.info("stage 1: %s", decision)
         return result
 
+    def _run_stage1(self, case: PreparedCase, output: str, progress: ProgressReport,
+                    cancel: CancelCallback | None) -> np.ndarray:
+        """Stage 1 on the ×4 grid of ``case`` (``output`` as for :func:`make_predictor`); keeps its
+        support on the case."""
+        down = downsample_mean(case.normalized, self.settings.geometry.downsample_factor)
+        outputs = self._run_3d("stage1", down, output, progress, "stage1", cancel)
+        case.support_down = stage1_support(outputs[0], self.settings)
+        if self.settings.stage1.support_components and not case.support_down.any():
+            logger.warning("stage 1 marked no kidney: every stage-2 component is kept")
+        return outputs
+
     def _usable_support(self, case: PreparedCase) -> np.ndarray | None:
         """Stage 1's support when the support rule is on and stage 1 marked something, else None."""
-        if not self.settings.stage1.support_components or case.support_down is None:
-            return None
-        if not case.support_down.any():
-            logger.warning("stage 1 marked no kidney: every stage-2 component is kept")
+        if not self.settings.stage1.support_components or case.support_down is None or not case.support_down.any():
             return None
         return case.support_down
 
@@ -254,8 +260,7 @@ class Cascade:
         if not self.settings.stage1.support_components:
             return None
         if case.support_down is None:
-            down = downsample_mean(case.normalized, self.settings.geometry.downsample_factor)
-            case.support_down = stage1_support(self._run_3d("stage1", down, "seg", progress, "stage1", cancel)[0], self.settings)
+            self._run_stage1(case, "seg", progress, cancel)
         support = self._usable_support(case)
         return None if support is None else support_in_box(support, crop, self.settings.geometry.downsample_factor)
 

@@ -7,6 +7,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from .settings import LABEL_KIDNEY, LABEL_TUMOR
+from .targets import CONNECTIVITY_26
 
 _MM3_PER_ML = 1000.0
 
@@ -36,7 +37,7 @@ def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
     image_centre_x = _world_x((np.array(labels.shape) - 1) / 2.0, affine)
     labels, affine = _crop_to_foreground(labels, affine)
     foreground = labels > 0
-    components, count = ndimage.label(foreground, structure=np.ones((3, 3, 3), bool))
+    components, count = ndimage.label(foreground, structure=CONNECTIVITY_26)
     if count >= 2:
         sizes = np.bincount(components.ravel())[1:]
         biggest = np.argsort(sizes)[::-1][:2] + 1
@@ -49,7 +50,7 @@ def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
         points = np.argwhere(labels == label)
         left = int(np.count_nonzero(points @ affine[0, :3] + affine[0, 3] < midline))
         result[name] = {"left": left * voxel_ml, "right": (len(points) - left) * voxel_ml, "total": len(points) * voxel_ml}
-    tumor_components, tumor_count = ndimage.label(labels == LABEL_TUMOR, structure=np.ones((3, 3, 3), bool))
+    tumor_components, tumor_count = ndimage.label(labels == LABEL_TUMOR, structure=CONNECTIVITY_26)
     tumors = []
     for index, where in enumerate(ndimage.find_objects(tumor_components), start=1):
         points = np.argwhere(tumor_components[where] == index) + np.array([s.start for s in where])

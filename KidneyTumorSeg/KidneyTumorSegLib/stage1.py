@@ -14,7 +14,7 @@ from scipy import ndimage
 from .boxes import Box
 from .settings import DEFAULT_SETTINGS, MethodSettings
 from .support import keep_supported, support_in_box
-from .targets import landmark_peaks
+from .targets import CONNECTIVITY_26, landmark_peaks
 
 LANDMARK_NAMES = ("left", "top", "right", "bottom", "center")
 
@@ -97,7 +97,7 @@ def choose_by_width(segmentation: Box | None, landmarks: Box | None, settings: M
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """Keep the 26-connected components of ``mask`` with at least ``min_voxels`` voxels (bool, same shape)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    labels, count = ndimage.label(mask, structure=CONNECTIVITY_26)
     if count == 0:
         return np.zeros(mask.shape, bool)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)

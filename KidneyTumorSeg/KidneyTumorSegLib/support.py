@@ -19,9 +19,7 @@ from scipy import ndimage
 
 from .boxes import Box
 from .settings import DEFAULT_SETTINGS, MethodSettings
-from .targets import large_components
-
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+from .targets import CONNECTIVITY_26, large_components
 
 
 def stage1_support(probability_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:

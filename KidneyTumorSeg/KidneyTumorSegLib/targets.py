@@ -22,6 +22,10 @@ LANDMARK_CHANNELS: tuple[str, ...] = ("left", "top", "right", "bottom", "center"
 BoundaryTask = Literal["kidney", "kidney_tumor", "tumor"]
 
 
+CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+"""3D components join voxels that share a face, an edge or a corner."""
+
+
 def in_slice_structure(connectivity: int) -> np.ndarray:
     """3 x 3 x 3 structuring element that links voxels only within an axial slice.
 
@@ -37,7 +41,7 @@ def large_components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray,
     """26-connected 3D components of a bool ``mask`` ``[z, y, x]``: their int32 labels (0 =
     background) and, per label, whether it has at least ``min_fraction`` of the largest one's
     voxels (``keep[0]`` is False)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, count = ndimage.label(mask, structure=CONNECTIVITY_26)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     keep = sizes >= min_fraction * sizes.max() if count else np.zeros(1, dtype=bool)
