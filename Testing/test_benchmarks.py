@@ -14,17 +14,20 @@ MASK = ROOT / "Testing" / "Data" / "kits19" / "case_00015.nii.gz"  # 46 slices o
 def test_cascade_benchmark_scales_over_depth_and_compares_with_full(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cascade_benchmark.py"), "--mask", str(MASK),
-                    "--untrained", "2", "--slices", "16,32", "--threads", "1", "--crop-from-truth", "--out", str(out)],
+                    "--untrained", "2", "--slices", "16,32", "--threads", "1", "--crop-from-truth", "--layouts", "channels_last,contiguous",
+                    "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(out.read_text())
     runs = result["runs"]
-    assert [(r["slices"], r["mode"]) for r in runs] == [(16, "cascade"), (16, "full"), (32, "cascade"), (32, "full")]
+    assert [(r["slices"], r["layout"], r["mode"]) for r in runs] == [
+        (depth, layout, mode) for depth in (16, 32) for layout in ("channels_last", "contiguous") for mode in ("cascade", "full")]
     assert all("error" not in r for r in runs), runs
     for run in runs:
         assert run["input_shape"][0] == run["slices"] and run["threads"] == 1
         assert run["peak_rss_mb"] > 0 and run["seconds_end_to_end"] > 0
         assert {"read", "prepare", "KT", "T-vnet", "T2D-ax-dice", "fusion", "write"} <= set(run["seconds"])
-    cascade, full = runs[2], runs[3]
+    cascade, full = runs[4], runs[5]
     assert all(c <= f for c, f in zip(cascade["crop_shape"], full["crop_shape"]))
     assert full["crop_shape"] == full["working_shape"]
-    assert [s["slices"] for s in result["speedup_cascade_vs_full"]] == [16, 32]
+    assert [(s["slices"], s["layout"]) for s in result["speedup_cascade_vs_full"]] == [
+        (16, "channels_last"), (16, "contiguous"), (32, "channels_last"), (32, "contiguous")]

@@ -114,3 +114,29 @@ def test_export_writes_a_bundle_the_inference_side_loads(cache, tmp_path, half):
         for key, value in trained.items():
             expected = value.half().float() if half and value.is_floating_point() else value
             assert torch.equal(loaded[key], expected), key
+
+
+def test_init_weights_starts_a_new_run_from_trained_weights(cache, tmp_path):
+    config = load_config("T-unet", "paper", {**TINY, "patch_size": [16, 32, 32], "seed": 7})  # another start than ``tuned``
+    train(config, _options(cache, tmp_path / "base"))
+    base = torch.load(tmp_path / "base" / "model.pt", weights_only=True)
+    tuned = load_config("T-unet", "paper", {**TINY, "iterations": 1, "patch_size": [16, 32, 32]})
+    summary = train(tuned, _options(cache, tmp_path / "tuned", init_weights=tmp_path / "base" / "model.pt"))
+    fresh = train(tuned, _options(cache, tmp_path / "fresh"))
+    after_one = torch.load(tmp_path / "tuned" / "model.pt", weights_only=True)
+    from_scratch = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)
+    step = max(float((after_one[k].float() - base[k].float()).abs().max()) for k in base if base[k].is_floating_point())
+    apart = max(float((from_scratch[k].float() - base[k].float()).abs().max()) for k in base if base[k].is_floating_point())
+    assert step <= 2.5 * config.learning_rate  # one Adam step away from the weights it started from
+    assert apart > 10 * step
+    assert summary["init_weights"] == str((tmp_path / "base" / "model.pt").resolve()) and fresh["init_weights"] is None
+
+
+def test_init_weights_refuses_weights_of_another_network(cache, tmp_path):
+    config = load_config("T-unet", "paper", {**TINY, "iterations": 1, "patch_size": [16, 32, 32]})
+    train(config, _options(cache, tmp_path / "narrow"))
+    wider = load_config("T-unet", "paper", {**TINY, "iterations": 1, "base_channels": 4, "patch_size": [16, 32, 32]})
+    with pytest.raises(ValueError, match="do not fit the configured network of T-unet"):
+        train(wider, _options(cache, tmp_path / "wide", init_weights=tmp_path / "narrow" / "model.pt"))
+    with pytest.raises(FileNotFoundError, match="initial weights for T-unet not found"):
+        train(config, _options(cache, tmp_path / "missing", init_weights=tmp_path / "nothing.pt"))

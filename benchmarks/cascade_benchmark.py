@@ -8,6 +8,7 @@ is a phantom CT built on a real KiTS19 mask (``--mask``), optionally padded or c
         --bundle KidneyTumorSeg/Resources/Models/demo --modes cascade,full --out bench.json
     python benchmarks/cascade_benchmark.py --mask M --untrained paper --crop-from-truth --device cuda
     python benchmarks/cascade_benchmark.py --mask M --slices 64,300,600 --threads 1,2   # depth and threads
+    python benchmarks/cascade_benchmark.py --mask M --layouts channels_last,contiguous  # memory layouts
 
 ``full`` is stage 2 alone over the whole volume, as a method without stage 1 would run it: no
 stage 1, so no support rule either (support.py). With an untrained bundle stage 1 predicts
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+LAYOUTS = ("channels_last", "contiguous")
 
 def make_case(mask_path: Path, slices: int | None, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """Phantom CT + labels of ``mask_path`` (slice axis padded/cut to ``slices``) as NIfTI files."""
@@ -79,6 +81,7 @@ def run_single(args: argparse.Namespace) -> dict:
     elif args.mode == "full":  # stage 2 alone, as a method without stage 1 runs it: no support either
         settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, support_components=False))
     cascade = Cascade(bundle, InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size,
+                                               channels_last=args.layout == "channels_last", compile=args.compile,
                                                settings=settings))
     if cascade.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -108,6 +111,8 @@ def run_single(args: argparse.Namespace) -> dict:
     truth = np.asarray(read_image(args.labels).array, np.uint8)
     return {
         "mode": args.mode,
+        "layout": args.layout,
+        "compile": args.compile,
         "device": str(cascade.device),
         "gpu": torch.cuda.get_device_name() if cascade.device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
@@ -123,24 +128,28 @@ def run_single(args: argparse.Namespace) -> dict:
     }
 
 
-def run_child(args: argparse.Namespace, mode: str, threads: str, image: Path, labels: Path) -> dict:
+def run_child(args: argparse.Namespace, mode: str, threads: str, layout: str, image: Path, labels: Path) -> dict:
     """One configuration in a child process (its own peak RSS and GPU memory): its JSON, or its error."""
     command = [sys.executable, __file__, "--mode", mode, "--image", str(image), "--labels", str(labels),
-               "--bundle", str(args.bundle), "--device", args.device, "--threads", threads,
+               "--bundle", str(args.bundle), "--device", args.device, "--threads", threads, "--layout", layout,
                "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
     if args.crop_from_truth:
         command.append("--crop-from-truth")
+    if args.compile:
+        command.append("--compile")
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if done.returncode != 0:
-        return {"mode": mode, "threads": threads, "error": done.stderr.strip().splitlines()[-1:]}
+        return {"mode": mode, "threads": threads, "layout": layout, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def speedups(runs: list[dict]) -> list[dict]:
-    """End-to-end seconds of ``full`` over ``cascade`` for each depth and thread count that has both."""
-    timed = {(r["slices"], r["threads"], r["mode"]): r["seconds_end_to_end"] for r in runs if "error" not in r}
-    return [{"slices": depth, "threads": threads, "speedup": round(timed[(depth, threads, "full")] / seconds, 2)}
-            for (depth, threads, mode), seconds in timed.items() if mode == "cascade" and (depth, threads, "full") in timed]
+    """End-to-end seconds of ``full`` over ``cascade`` for each depth, thread count and layout that has both."""
+    timed = {(r["slices"], r["threads"], r["layout"], r["mode"]): r["seconds_end_to_end"] for r in runs if "error" not in r}
+    return [{"slices": depth, "threads": threads, "layout": layout,
+             "speedup": round(timed[(depth, threads, layout, "full")] / seconds, 2)}
+            for (depth, threads, layout, mode), seconds in timed.items()
+            if mode == "cascade" and (depth, threads, layout, "full") in timed]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,12 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=float, default=InferenceOptions.overlap)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop-from-truth", action="store_true")
+    parser.add_argument("--layouts", default="channels_last",
+                        help="comma-separated memory layouts of the networks: channels_last (default) and/or contiguous")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every network")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     # internal: one configuration in a child process
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--layout", default="channels_last", choices=LAYOUTS, help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--labels", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    layouts = args.layouts.split(",")
+    if set(layouts) - set(LAYOUTS):
+        parser.error(f"--layouts must name {' and/or '.join(LAYOUTS)}, got {args.layouts}")
     if args.mode is not None:
         args.threads = int(args.threads)
         print(json.dumps(run_single(args)))
@@ -182,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             case_folder.mkdir()
             image, labels = make_case(args.mask, depth, case_folder)
             for threads in args.threads.split(","):
-                for mode in args.modes.split(","):
-                    runs.append({"slices": depth, **run_child(args, mode, threads, image, labels)})
+                for layout in layouts:
+                    for mode in args.modes.split(","):
+                        runs.append({"slices": depth, **run_child(args, mode, threads, layout, image, labels)})
         result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "mask": str(args.mask), "bundle": str(args.bundle),
-                  "overlap": args.overlap, "batch_size": args.batch_size, "runs": runs, "speedup_cascade_vs_full": speedups(runs)}
+                  "overlap": args.overlap, "batch_size": args.batch_size, "compile": args.compile, "runs": runs, "speedup_cascade_vs_full": speedups(runs)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -88,6 +88,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", type=Path, required=True, help="folder made by 'prepare'")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    parser.add_argument("--init-weights", type=Path, default=None, metavar="PT",
+                        help="start from these weights (a run's model.pt or a bundle's ROLE.pt): fine-tuning")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
                         help="mixed precision on GPU (default auto: bf16 where supported)")
@@ -112,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache=args.cache, out=args.out, resume=args.resume, device=args.device, amp=args.amp, fold=args.fold,
         folds=args.folds, split_seed=args.split_seed, time_budget_s=args.time_budget_s, stop_after=args.stop_after,
         threads=args.threads, loader_threads=args.loader_threads, tensorboard=not args.no_tensorboard,
-        progress=args.progress,
+        progress=args.progress, init_weights=args.init_weights,
     )
     summary = train(config, options)
     logger.info("%s: iteration %d/%d%s", summary["role"], summary["iteration"], summary["total_iterations"],

@@ -12,6 +12,8 @@ A run folder holds::
 
 ``--resume`` continues from ``checkpoint.pt`` exactly: the data stream is a function of the seed
 and the iteration (:mod:`training_tools.stream`) and the learning rate one of the iteration.
+``--init-weights`` starts a new run from trained weights (a run's ``model.pt`` or a bundle's
+``ROLE.pt``): fine-tuning, with a fresh optimizer and schedule.
 """
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ class TrainOptions:
     ``fold`` None trains on every cached case. ``time_budget_s``: the total iterations follow the
     measured speed so the run ends within the budget, never above the configured iterations.
     ``stop_after``: leave after this many iterations of this run with a checkpoint (resume later).
+    ``init_weights``: a state_dict file (``model.pt`` of a run, ``ROLE.pt`` of a bundle) whose
+    weights start a new run; ignored when resuming, where the checkpoint's weights rule.
     """
 
     cache: Path
@@ -77,6 +81,7 @@ class TrainOptions:
     loader_threads: int = 2
     tensorboard: bool = True
     progress: bool = False
+    init_weights: Path | None = None
 
 
 @dataclass
@@ -87,6 +92,7 @@ class RunState:
     total: int
     history: list[dict[str, float]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)  # when this process began the run
+    init_weights: str | None = None  # the weights the run started from (fine-tuning), else None
 
 
 def train(config: TrainConfig, options: TrainOptions) -> dict[str, Any]:
@@ -246,7 +252,7 @@ def _checkpoint(config: TrainConfig, options: TrainOptions, context: Distributed
         payload = {
             "model": network.state_dict(), "optimizer": optimizer.state_dict(),
             "iteration": state.iteration, "total": state.total, "config": config.to_json(),
-            "history": state.history, "world_size": context.world_size,
+            "history": state.history, "world_size": context.world_size, "init_weights": state.init_weights,
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
         temporary = out / f".{CHECKPOINT_NAME}.partial"
@@ -260,13 +266,15 @@ def _start_state(config: TrainConfig, options: TrainOptions, network: nn.Module,
                  context: Distributed) -> RunState:
     """A fresh state, or the checkpoint's when resuming; refuses to overwrite a run by accident."""
     path = Path(options.out) / CHECKPOINT_NAME
-    if not options.resume:
-        if path.exists():
-            raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
-        return RunState(0, config.iterations)
+    if not options.resume and path.exists():
+        raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
     if not path.exists():
-        logger.info("no checkpoint in %s: starting from iteration 0", options.out)
-        return RunState(0, config.iterations)
+        if options.resume:
+            logger.info("no checkpoint in %s: starting from iteration 0", options.out)
+        if options.init_weights is None:
+            return RunState(0, config.iterations)
+        load_initial_weights(network, Path(options.init_weights), config.role)
+        return RunState(0, config.iterations, init_weights=str(Path(options.init_weights).resolve()))
     checkpoint = torch.load(path, map_location=context.device, weights_only=True)
     if checkpoint["config"] != config.to_json():
         raise ValueError(f"{path}: the checkpoint was made with another configuration; use a new --out")
@@ -276,7 +284,27 @@ def _start_state(config: TrainConfig, options: TrainOptions, network: nn.Module,
     network.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     logger.info("resumed %s at iteration %d of %d", config.role, checkpoint["iteration"], checkpoint["total"])
-    return RunState(int(checkpoint["iteration"]), int(checkpoint["total"]), list(checkpoint["history"]))
+    return RunState(int(checkpoint["iteration"]), int(checkpoint["total"]), list(checkpoint["history"]),
+                    init_weights=checkpoint.get("init_weights"))
+
+
+def load_initial_weights(network: nn.Module, path: Path, role: str) -> None:
+    """Copy a plain state_dict file into ``network`` (cast to its dtype); a clear error when the
+    file is missing, is not a state_dict or does not fit the configured network."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: initial weights for {role} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a plain PyTorch state_dict ({type(error).__name__})") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state_dict")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{path}: weights do not fit the configured network of {role} ({reason:.200})") from error
+    logger.info("%s: weights initialised from %s", role, path)
 
 
 def _cases(options: TrainOptions) -> tuple[list[CachedCase], list[CachedCase], bool]:
@@ -308,6 +336,7 @@ def _summary(config: TrainConfig, options: TrainOptions, context: Distributed, s
         "training_cases": [c.case_id for c in train_cases],
         "validation_cases": [c.case_id for c in val_cases],
         "validation_held_out": held_out,
+        "init_weights": state.init_weights,
         "iteration": state.iteration, "total_iterations": state.total,
         "validation": last,
         "history": state.history,

@@ -36,6 +36,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", default=None, help="comma-separated stage-2 models to use, e.g. KT,K1,T-vnet (default: all in the bundle)")
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=2, help="3D patches per batch (default 2)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every network: minutes of compiling first, then faster (for long GPU batch runs)")
     parser.add_argument("--min-tumor-pixels", type=int, default=DEFAULT_SETTINGS.fusion.min_tumor_component_pixels,
                         help="keep per-slice tumor components larger than this (default 64)")
     parser.add_argument("--strict", action="store_true", help="strict consensus: KT-only voxels become background, not kidney")
@@ -83,7 +85,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
         raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     members = tuple(m.strip() for m in args.members.split(",") if m.strip()) if args.members else None
     return InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size, members=members,
-                            settings=method_settings(args))
+                            compile=args.compile, settings=method_settings(args))
 
 
 def open_bundle(args: argparse.Namespace) -> ModelBundle:

@@ -46,11 +46,22 @@ def _autocast(
     return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
 
+def spatial_dims(net: nn.Module) -> int:
+    """2 for a network of 2D convolutions, 3 for one of 3D convolutions."""
+    return 3 if any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in net.modules()) else 2
+
+
+def channels_last_format(dims: int) -> torch.memory_format:
+    """The channels-last memory format of ``dims``-D convolutions (``[B, *S, C]`` in memory)."""
+    return torch.channels_last_3d if dims == 3 else torch.channels_last
+
+
 def make_predictor(
     net: nn.Module,
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
     output: str = "seg",
+    channels_last: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Predictor ``[B, 1, *S] -> [B, C, *S]`` float32 for the inference loops.
 
@@ -59,18 +70,26 @@ def make_predictor(
     regression decoder, a third of a V-Net's work). The network is moved
     to ``device`` and put in eval mode; it runs under ``torch.inference_mode`` and, on CUDA with
     ``amp_dtype`` given, under autocast (the sigmoid is taken in float32).
+    ``channels_last``: weights and inputs in channels-last memory (oneDNN on the CPU and cuDNN
+    pick faster kernels; about 1.5x for the 3D and 2x for the 2D networks on this CPU); the
+    values agree with the default layout within float rounding. Otherwise weights go back to
+    the default layout.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     device = torch.device(device)
-    net.to(device).eval()
+    memory_format = channels_last_format(spatial_dims(net)) if channels_last else torch.contiguous_format
+    net.to(device, memory_format=memory_format).eval()
     if amp_dtype is not None and device.type != "cuda":
         logger.debug("autocast %s ignored on %s", amp_dtype, device)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             with _autocast(device, amp_dtype):
-                seg, reg = net(x.to(device, non_blocking=True), regression=output != "seg")
+                x = x.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=channels_last_format(x.ndim - 2))
+                seg, reg = net(x, regression=output != "seg")
             probability = torch.sigmoid(seg.float())
             if output == "seg":
                 return probability
