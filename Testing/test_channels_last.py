@@ -3,7 +3,6 @@ network within float rounding, and the same labels for the shipped demo bundle o
 a real KiTS19 mask."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import nibabel as nib
