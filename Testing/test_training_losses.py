@@ -93,6 +93,8 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
             if config.kidney_patch_fraction:
                 expected.append(f"{config.kidney_patch_fraction:g} of the patches centred on kidney "
                                 "(SPEC: all in the expanded tumor box)")
+            if config.tumor_box_padding == "image":
+                expected.append("image around the expanded tumor box instead of zeros (SPEC: zero-padded)")
             assert config.spec_deviations() == expected
 
 
@@ -106,3 +108,13 @@ def test_demo_presets_reduce_the_width_and_overrides_apply_last():
     assert config.spec_deviations() == ["patch (16, 32, 32) (SPEC (32, 128, 128))"]
     with pytest.raises(ValueError, match="unknown config fields"):
         load_config("KT", None, {"iteration": 3})
+
+
+def test_tumor_box_padding_is_zeros_by_default_and_only_for_the_3d_tumor_models():
+    assert all(c.tumor_box_padding == "zeros" for c in all_configs("paper").values())
+    config = load_config("T-unet", "paper", {"tumor_box_padding": "image"})
+    assert config.spec_deviations() == ["image around the expanded tumor box instead of zeros (SPEC: zero-padded)"]
+    with pytest.raises(ValueError, match="tumor_box_padding must be one of"):
+        load_config("T-vnet", "paper", {"tumor_box_padding": "mirror"})
+    with pytest.raises(ValueError, match="applies to T-vnet and T-unet only"):
+        load_config("KT", "paper", {"tumor_box_padding": "image"})

@@ -110,6 +110,23 @@ def test_tumor_sampler_draws_100_random_patches_inside_the_expanded_tumor_box(ca
     assert len(offsets) > 50  # random placements
 
 
+def test_image_padding_fills_the_tumor_patch_from_the_crop_where_spec_puts_zeros(case):
+    zeros = make_sampler(ROLES["T-vnet"])
+    image_padded = make_sampler(ROLES["T-vnet"], tumor_padding="image")
+    for index in range(20):
+        plain = zeros.sample(case, index, np.random.default_rng(index))
+        padded = image_padded.sample(case, index, np.random.default_rng(index))  # the same window
+        inside = plain[0] != 0
+        np.testing.assert_array_equal(padded[0][inside], plain[0][inside])  # the box itself is unchanged
+        assert np.count_nonzero(padded[0]) > np.count_nonzero(plain[0])  # and real voxels surround it
+        np.testing.assert_array_equal(padded[1], plain[1])  # all the tumor lies in its box either way
+    window = image_padded.sample(case, 0, np.random.default_rng(0))[0][0]
+    values = set(np.unique(np.asarray(case.image)).tolist())
+    assert set(np.unique(window).tolist()) <= values | {0.0}
+    with pytest.raises(ValueError, match="padding"):
+        TumorPatchSampler(padding="mirror")
+
+
 def test_tumor_sampler_skips_cases_without_tumor(tmp_path):
     from training_helpers import write_synthetic_case as write
 

@@ -23,6 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PAPER_DIR = CONFIG_DIR / "paper"
 PRESET_DIR = CONFIG_DIR / "presets"
 PRESET_SCOPES = ("all", "vnet", "unet3d", "unet2d")
+TUMOR_BOX_PADDINGS = ("zeros", "image")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class TrainConfig:
     ``loss_weights``: weights of the segmentation loss and the WMSE regression loss.
     ``kidney_patch_fraction`` (T-vnet, T-unet; 0 = SPEC): share of patches centred on random
     kidney or tumor voxels of the crop instead of inside the expanded tumor box.
+    ``tumor_box_padding`` (T-vnet, T-unet): what fills a patch outside the expanded tumor box,
+    ``"zeros"`` (SPEC) or ``"image"`` (the crop's own voxels and labels there, as the model
+    sees them at inference, where it runs over the whole kidney crop).
     """
 
     role: str
@@ -55,6 +59,7 @@ class TrainConfig:
     augmentation: dict[str, Any] | None = None
     seed: int = 0
     kidney_patch_fraction: float = 0.0
+    tumor_box_padding: str = "zeros"
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -68,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"{self.role}: kidney_patch_fraction must lie in [0, 1], got {self.kidney_patch_fraction}")
         if self.kidney_patch_fraction and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
             raise ValueError(f"{self.role}: kidney_patch_fraction applies to T-vnet and T-unet only")
+        if self.tumor_box_padding not in TUMOR_BOX_PADDINGS:
+            raise ValueError(f"{self.role}: tumor_box_padding must be one of {TUMOR_BOX_PADDINGS}, got {self.tumor_box_padding!r}")
+        if self.tumor_box_padding != "zeros" and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
+            raise ValueError(f"{self.role}: tumor_box_padding applies to T-vnet and T-unet only")
         if self.segmentation_loss not in ("dice", "bce"):
             raise ValueError(f"{self.role}: segmentation_loss must be 'dice' or 'bce', got {self.segmentation_loss!r}")
 
@@ -97,6 +106,8 @@ class TrainConfig:
             notes.append(f"patch {self.effective_patch_size} (SPEC {tuple(spec.patch_size)})")
         if self.kidney_patch_fraction:
             notes.append(f"{self.kidney_patch_fraction:g} of the patches centred on kidney (SPEC: all in the expanded tumor box)")
+        if self.tumor_box_padding != "zeros":
+            notes.append("image around the expanded tumor box instead of zeros (SPEC: zero-padded)")
         return notes
 
     def to_json(self) -> dict[str, Any]:

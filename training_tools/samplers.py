@@ -11,7 +11,8 @@ reaches past the region it must stay in, the patch is filled with 0 there.
   regular stride grid of the crop (ground-truth kidney+tumor box expanded by 16 x 128 x 128).
 - :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches in the
   ground-truth tumor box expanded by 8 x 16 x 16, zero-padded where that box is smaller
-  (optionally a share centred on kidney instead: a named departure from SPEC).
+  (named departures from SPEC: a share centred on kidney instead, or the crop's image instead of
+  zeros around the box).
 - :class:`TumorSliceSampler` (2D U-Nets): every slice of the crop along the model's axis that
   holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller. The
   boundary target is SPEC's (made per axial slice), cut along the model's axis like the image.
@@ -165,13 +166,18 @@ class TumorPatchSampler:
 
     ``kidney_fraction`` (0 = SPEC) of them are instead centred on a random kidney or tumor voxel
     of the crop, so the model also sees healthy kidney, where it runs at inference; a case
-    without tumor then gives only those.
+    without tumor then gives only those. ``padding``: outside the box the patch holds
+    ``"zeros"`` (SPEC) or the crop's ``"image"`` and labels (the window still starts where SPEC's
+    would, so the tumor box stays in view).
     """
 
-    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100, kidney_fraction: float = 0.0):
+    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100, kidney_fraction: float = 0.0,
+                 padding: str = "zeros"):
         if not 0.0 <= kidney_fraction <= 1.0:
             raise ValueError(f"kidney_fraction must lie in [0, 1], got {kidney_fraction}")
-        self.patch, self._count = tuple(patch), count
+        if padding not in ("zeros", "image"):
+            raise ValueError(f"padding must be 'zeros' or 'image', got {padding!r}")
+        self.patch, self._count, self.padding = tuple(patch), count, padding
         self._kidney_count = int(round(count * kidney_fraction))
 
     def count(self, case: CachedCase) -> int:
@@ -182,7 +188,7 @@ class TumorPatchSampler:
         if box is None or index >= self._count - self._kidney_count:
             return _crop_sample(case, "tumor", kidney_centred_start(case.labels, self.patch, rng), self.patch)
         start = [a + random_start(rng, n, p) for a, n, p in zip(box.start, box.size, self.patch)]
-        return _crop_sample(case, "tumor", start, self.patch, limit=box)
+        return _crop_sample(case, "tumor", start, self.patch, limit=box if self.padding == "zeros" else None)
 
 
 KIDNEY_CENTRE_TRIES = 200  # random draws for a kidney or tumor voxel before falling back to the crop's centre
@@ -235,15 +241,15 @@ class TumorSliceSampler:
 
 
 def make_sampler(spec: RoleSpec, patch_size: Sequence[int] | None = None, count: int | None = None,
-                 kidney_fraction: float = 0.0) -> Sampler:
+                 kidney_fraction: float = 0.0, tumor_padding: str = "zeros") -> Sampler:
     """The SPEC §2 sampler of a role; ``patch_size`` / ``count`` override the role's patch and the
     samples per case (defaults: the role's patch; 100 stage 1, 200 KT / K, 100 T);
-    ``kidney_fraction``: see :class:`TumorPatchSampler` (3D tumor models only)."""
+    ``kidney_fraction`` and ``tumor_padding``: see :class:`TumorPatchSampler` (3D tumor models only)."""
     patch = tuple(patch_size or spec.patch_size)
     if spec.architecture == "unet2d":
         return TumorSliceSampler(spec.axis, patch)
     if spec.downsample_factor > 1:
         return Stage1Sampler(patch, count or 100)
     if spec.task == "tumor":
-        return TumorPatchSampler(patch, count or 100, kidney_fraction)
+        return TumorPatchSampler(patch, count or 100, kidney_fraction, tumor_padding)
     return StridePatchSampler(spec.task, patch, count or 200)

@@ -112,7 +112,8 @@ def _train(config: TrainConfig, options: TrainOptions, context: Distributed) -> 
         out.mkdir(parents=True, exist_ok=True)
     context.barrier()
     train_cases, val_cases, held_out = _cases(options)
-    sampler = make_sampler(config.spec, config.patch_size, config.patches_per_case, config.kidney_patch_fraction)
+    sampler = make_sampler(config.spec, config.patch_size, config.patches_per_case, config.kidney_patch_fraction,
+                           config.tumor_box_padding)
     index = EpochIndex(train_cases, sampler, config.seed)
     torch.manual_seed(config.seed)
     network = config.spec.build(config.base_channels).to(context.device)
