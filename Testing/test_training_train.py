@@ -130,6 +130,11 @@ def test_init_weights_starts_a_new_run_from_trained_weights(cache, tmp_path):
     assert step <= 2.5 * config.learning_rate  # one Adam step away from the weights it started from
     assert apart > 10 * step
     assert summary["init_weights"] == str((tmp_path / "base" / "model.pt").resolve()) and fresh["init_weights"] is None
+    from training_tools.export import run_provenance
+
+    record = run_provenance(summary)
+    assert record["initialised_from"]["config"]["seed"] == 7 and record["initialised_from"]["iteration"] == 4
+    assert "initialised_from" not in run_provenance(fresh)
 
 
 def test_init_weights_refuses_weights_of_another_network(cache, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from KidneyTumorSegLib.bundle import save_bundle
 from KidneyTumorSegLib.networks.registry import ROLES, build_network
 
-from .train import MODEL_NAME, read_run
+from .train import MODEL_NAME, RUN_NAME, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,17 @@ def load_run_network(run_dir: Path, half: bool = False) -> tuple[str, torch.nn.M
 
 
 def run_provenance(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What a bundle records of one run."""
+    """What a bundle records of one run; a run started from another run's ``model.pt``
+    (``--init-weights``) also records that run, under ``initialised_from``."""
     keys = ("config", "spec_deviations", "fold", "folds", "split_seed", "iteration", "total_iterations",
             "validation", "validation_held_out", "world_size", "device", "amp", "seconds_this_run")
     record = {k: summary.get(k) for k in keys}
     record["training_cases"] = len(summary.get("training_cases", []))
+    if summary.get("init_weights"):
+        weights = Path(summary["init_weights"])
+        base = weights.parent / RUN_NAME
+        record["initialised_from"] = {"weights": str(weights),
+                                      **(run_provenance(read_run(weights.parent)) if base.is_file() else {})}
     return record
 
 
