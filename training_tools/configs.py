@@ -17,13 +17,14 @@ from typing import Any, Mapping
 
 from KidneyTumorSegLib.networks.registry import ROLES, RoleSpec
 
+from .samplers import TUMOR_BOX_PADDINGS
+
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PAPER_DIR = CONFIG_DIR / "paper"
 PRESET_DIR = CONFIG_DIR / "presets"
 PRESET_SCOPES = ("all", "vnet", "unet3d", "unet2d")
-TUMOR_BOX_PADDINGS = ("zeros", "image")
 
 
 @dataclass(frozen=True)

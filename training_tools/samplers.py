@@ -35,6 +35,9 @@ from .cache import SLICE_AXES, CachedCase
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(image [1, *P], segmentation target [1, *P], regression target [C, *P]), float32."""
 
+TUMOR_BOX_PADDINGS = ("zeros", "image")
+"""What fills a tumor patch outside the expanded tumor box: SPEC's zeros, or the crop's own image."""
+
 # Which cached boundary channel (cache.BOUNDARY_CHANNELS) is each task's regression target.
 TASK_BOUNDARY_CHANNEL: dict[str, int] = {"foreground": 0, "kidney": 1, "tumor": 2}
 
@@ -175,8 +178,8 @@ class TumorPatchSampler:
                  padding: str = "zeros"):
         if not 0.0 <= kidney_fraction <= 1.0:
             raise ValueError(f"kidney_fraction must lie in [0, 1], got {kidney_fraction}")
-        if padding not in ("zeros", "image"):
-            raise ValueError(f"padding must be 'zeros' or 'image', got {padding!r}")
+        if padding not in TUMOR_BOX_PADDINGS:
+            raise ValueError(f"padding must be one of {TUMOR_BOX_PADDINGS}, got {padding!r}")
         self.patch, self._count, self.padding = tuple(patch), count, padding
         self._kidney_count = int(round(count * kidney_fraction))
 
