@@ -33,6 +33,7 @@ import numpy as np
 
 LAYOUTS = ("channels_last", "contiguous")
 
+
 def make_case(mask_path: Path, slices: int | None, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """Phantom CT + labels of ``mask_path`` (slice axis padded/cut to ``slices``) as NIfTI files."""
     import nibabel as nib

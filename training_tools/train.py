@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from KidneyTumorSegLib.bundle import read_weights
 from KidneyTumorSegLib.inference import resolve_amp_dtype
 
 from .augment import Augmentation
@@ -294,10 +295,7 @@ def load_initial_weights(network: nn.Module, path: Path, role: str) -> None:
     file is missing, is not a state_dict or does not fit the configured network."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: initial weights for {role} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a plain PyTorch state_dict ({type(error).__name__})") from error
+    state = read_weights(path, role)  # a BundleError (a ValueError) for pickled code or a broken file
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state_dict")
     try:

@@ -177,23 +177,29 @@ def _load_network(entry: ModelEntry, path: Path) -> nn.Module:
     except (TypeError, ValueError) as error:
         raise BundleError(f"{path / MANIFEST_NAME}: cannot build {entry.role} ({error})") from error
     _check_fits_role(entry, network, path / MANIFEST_NAME)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # pickled code, or not a torch file at all
-        detail = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \d+)", str(error))
-        reason = detail.group(0) if detail else "not a plain tensor file"
-        raise BundleError(f"{weights}: refused to load the weights of {entry.role}: not a plain state_dict ({reason}); "
-                          "bundles never run pickled code") from error
-    except Exception as error:  # truncated or foreign files
-        reason = " ".join(str(error).split())
-        raise BundleError(f"{weights}: unreadable weights of {entry.role}: not a complete PyTorch weights file "
-                          f"({type(error).__name__}: {reason:.150})") from error
+    state = read_weights(weights, entry.role)
     try:
         network.load_state_dict(state, strict=True)
     except Exception as error:  # shape mismatches, missing or unexpected keys, not a dict
         reason = " ".join(str(error).split())  # torch lists the mismatches on further lines
         raise BundleError(f"{weights}: weights do not fit the declared {entry.architecture} of {entry.role} ({reason:.300})") from error
     return network.eval()
+
+
+def read_weights(weights: Path, role: str) -> Any:
+    """The object in a weights file, read with ``weights_only`` (never pickled code); a
+    :class:`BundleError` naming ``role`` when the file is pickled code, truncated or foreign."""
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # pickled code, or not a torch file at all
+        detail = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \d+)", str(error))
+        reason = detail.group(0) if detail else "not a plain tensor file"
+        raise BundleError(f"{weights}: refused to load the weights of {role}: not a plain state_dict ({reason}); "
+                          "bundles never run pickled code") from error
+    except Exception as error:  # truncated or foreign files
+        reason = " ".join(str(error).split())
+        raise BundleError(f"{weights}: unreadable weights of {role}: not a complete PyTorch weights file "
+                          f"({type(error).__name__}: {reason:.150})") from error
 
 
 def _check_fits_role(entry: ModelEntry, network: nn.Module, manifest: Path) -> None:

@@ -130,8 +130,7 @@ class Cascade:
         return self._compiled[role]
 
     def _predictor(self, role: str, device: torch.device, output: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        amp_dtype = self.amp_dtype if device.type == "cuda" else None
-        return make_predictor(self._network(role), device, amp_dtype, output, channels_last=self.options.channels_last)
+        return make_predictor(self._network(role), device, self.amp_dtype, output, channels_last=self.options.channels_last)
 
     @property
     def kidney_models_label(self) -> bool:
