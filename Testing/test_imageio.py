@@ -15,6 +15,7 @@ from KidneyTumorSegLib.imageio import (
     ImageReadError,
     OutputExistsError,
     atomic_output,
+    fortran_order,
     image_suffix,
     read_image,
     write_label_map,
@@ -230,6 +231,23 @@ def test_write_label_map_then_read_equals(tmp_path: Path, name: str, affine: np.
     np.testing.assert_array_equal(image.array, labels)
     np.testing.assert_allclose(image.affine, affine, atol=1e-5)
     assert _no_part_files(tmp_path)
+
+
+@pytest.mark.parametrize("view", ["C", "F", "flipped", "permuted"])
+def test_fortran_order_keeps_every_voxel(view: str) -> None:
+    """Tiles of 16 over a shape that is no multiple of 16, from any memory layout."""
+    array = np.random.default_rng(1).integers(0, 255, size=(37, 50, 21)).astype(np.uint8)
+    array = {"C": array, "F": np.asfortranarray(array), "flipped": array[::-1, :, ::-2],
+             "permuted": array.transpose(1, 2, 0)}[view]
+    ordered = fortran_order(array)
+    assert ordered.flags.f_contiguous and ordered.dtype == array.dtype
+    np.testing.assert_array_equal(ordered, array)
+
+
+@pytest.mark.parametrize("name", ["out.nrrd", "out.nii.gz"])
+def test_a_label_map_larger_than_the_transpose_tiles_reads_back_equal(tmp_path: Path, name: str) -> None:
+    labels = np.random.default_rng(2).integers(0, 3, size=(40, 33, 70)).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(write_label_map(tmp_path / name, labels, KITS_AFFINE)).array, labels)
 
 
 def test_written_nifti_has_mm_units_and_both_transforms(tmp_path: Path) -> None:

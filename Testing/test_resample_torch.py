@@ -1,11 +1,11 @@
-"""The grid_sample resampling of Cascade.prepare (on every device) equals the scipy path that
-prepares the training data."""
+"""The torch resampling of Cascade.prepare (separable for axis-aligned inputs, grid_sample for
+oblique ones; on every device) equals the scipy path that prepares the training data."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.geometry import to_working_frame, working_frame_for
+from KidneyTumorSegLib.geometry import axis_map, to_working_frame, working_frame_for
 from KidneyTumorSegLib.resample_torch import to_working_frame_torch
 
 
@@ -30,8 +30,39 @@ def test_torch_linear_resampling_equals_scipy(name: str) -> None:
     got = to_working_frame_torch(ct, frame, "cpu", order=1).numpy()
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=0.05)  # HU; float32 rounding only
+    assert (axis_map(frame) is None) == (name == "oblique")  # which path ran
     for slab in (2, 3, frame.shape[0] - 1):  # slabs of several sizes, a one-slice remainder among them
         np.testing.assert_allclose(to_working_frame_torch(ct, frame, "cpu", order=1, slab=slab).numpy(), got, atol=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_torch_nearest_resampling_equals_scipy(name: str) -> None:
+    labels = np.random.default_rng(4).integers(0, 3, size=(24, 30, 12)).astype(np.uint8)
+    frame = working_frame_for(labels.shape, AFFINES[name])
+    expected = to_working_frame(labels, frame, order=0, dtype=np.uint8)
+    np.testing.assert_array_equal(to_working_frame_torch(labels, frame, "cpu", order=0).numpy(), expected)
+
+
+@pytest.mark.parametrize("view", ["fortran", "flipped", "permuted"])
+def test_resampling_reads_any_memory_layout_of_the_input(view: str) -> None:
+    """nibabel hands over Fortran-ordered arrays; flips and permutations are views with other strides."""
+    ct = np.random.default_rng(5).integers(-1000, 1500, size=(24, 30, 12)).astype(np.int16)
+    array = {"fortran": np.asfortranarray(ct), "flipped": ct[::-1, :, ::-1],
+             "permuted": ct.transpose(2, 0, 1)}[view]
+    frame = working_frame_for(array.shape, AFFINES["IPL"])
+    expected = to_working_frame(np.ascontiguousarray(array), frame, order=1)
+    np.testing.assert_allclose(to_working_frame_torch(array, frame, "cpu", order=1).numpy(), expected, atol=0.05)
+
+
+def test_resampling_a_real_kits19_mask_equals_scipy(thin_slice_mask) -> None:
+    """A real I,P,L mask with thin slices, as nibabel reads it (Fortran order): shrinks z, grows x and y."""
+    labels = np.asarray(thin_slice_mask.dataobj).astype(np.uint8)
+    frame = working_frame_for(labels.shape, thin_slice_mask.affine)
+    assert axis_map(frame) is not None and frame.shape[0] < labels.shape[0]
+    np.testing.assert_array_equal(to_working_frame_torch(labels, frame, "cpu", order=0).numpy(),
+                                  to_working_frame(labels, frame, order=0, dtype=np.uint8))
+    np.testing.assert_allclose(to_working_frame_torch(labels, frame, "cpu", order=1).numpy(),
+                               to_working_frame(labels, frame, order=1), atol=1e-5)
 
 
 def test_prepare_normalises_like_the_training_cache() -> None:

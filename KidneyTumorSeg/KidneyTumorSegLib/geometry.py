@@ -89,6 +89,27 @@ def _is_axis_aligned(affine: np.ndarray) -> bool:
     return bool(np.all((np.abs(matrix) < _AXIS_ALIGNED_TOLERANCE) | (np.abs(matrix) > 1 - _AXIS_ALIGNED_TOLERANCE)))
 
 
+@dataclass(frozen=True)
+class AxisMap:
+    """An axis-aligned input grid seen from the working grid, one working axis at a time:
+    working index ``n`` along axis ``a`` reads input axis ``source_axes[a]`` at index
+    ``scale[a] * n + offset[a]`` (a negative scale is a flip)."""
+
+    source_axes: tuple[int, int, int]
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+
+
+def axis_map(frame: WorkingFrame) -> AxisMap | None:
+    """The per-axis index map of an axis-aligned input (any permutation or flip), None for an oblique one."""
+    if not _is_axis_aligned(frame.source_affine):
+        return None
+    mapping = frame.working_to_source()
+    axes = tuple(int(np.argmax(np.abs(mapping[:3, a]))) for a in range(3))
+    return AxisMap(axes, tuple(float(mapping[s, a]) for a, s in enumerate(axes)),
+                   tuple(float(mapping[s, 3]) for s in axes))
+
+
 def to_working_frame(array: np.ndarray, frame: WorkingFrame, order: int, dtype: np.dtype = np.float32) -> np.ndarray:
     """Resample an input array ``[i, j, k]`` onto the working grid ``[z, y, x]``.
 
@@ -138,7 +159,9 @@ def labels_to_source(labels_zyx: np.ndarray, frame: WorkingFrame) -> np.ndarray:
         np.clip(np.floor(np.arange(n) * mapping[a, a] + mapping[a, 3] + 0.5), 0, frame.shape[a] - 1).astype(np.intp)
         for a, n in enumerate(reoriented_shape)
     ]
-    reoriented = labels_zyx[np.ix_(*index)]
+    reoriented = labels_zyx
+    for axis in (2, 1, 0):  # one axis at a time, the slice axis last (whole-slice copies): 5x np.ix_'s speed
+        reoriented = reoriented.take(index[axis], axis=axis)
     back = _reorientation(frame.affine, frame.source_affine)
     return np.ascontiguousarray(nio.apply_orientation(reoriented, back))
 

