@@ -188,6 +188,31 @@ def test_batch_reports_failures_and_resumes(files, tmp_path: Path, capsys) -> No
     assert (results / "good.nii.gz").stat().st_mtime_ns == before
 
 
+def test_batch_reports_a_failed_write_for_its_case_and_goes_on(files, tmp_path: Path, capsys, monkeypatch) -> None:
+    from KidneyTumorSegLib.cli import batch
+
+    cases, results = tmp_path / "cases", tmp_path / "results"
+    cases.mkdir()
+    for name in "abc":
+        (cases / f"{name}.nii.gz").write_bytes(files["ct"].read_bytes())
+    write = batch.write_label_map
+
+    def write_failing_for_b(path, *rest, **options):
+        if Path(path).name == "b.nii.gz":
+            raise OSError("No space left on device")
+        return write(path, *rest, **options)
+
+    monkeypatch.setattr(batch, "write_label_map", write_failing_for_b)
+    code, _, _ = run(capsys, "batch", cases, results, *model_args(files))
+    assert code == 1
+    rows = list(csv.DictReader(open(results / "summary.csv", encoding="utf-8")))
+    assert [(r["case"], r["status"]) for r in rows] == [("a", "ok"), ("b", "failed"), ("c", "ok")]
+    assert rows[1]["error"] == "No space left on device"
+    assert sorted(p.name for p in results.glob("*.nii.gz")) == ["a.nii.gz", "c.nii.gz"]
+    assert not (results / "b.json").exists()
+    no_leftovers(results)
+
+
 def test_batch_of_an_empty_folder_fails(files, tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, "batch", tmp_path, tmp_path / "out", *model_args(files))
     assert code == 1 and "no images found" in err
