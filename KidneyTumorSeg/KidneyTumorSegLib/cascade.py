@@ -141,9 +141,9 @@ class Cascade:
 
     # -- preparation -------------------------------------------------------------------------
     def prepare(self, image: Image) -> PreparedCase:
-        """Resample ``image`` to the working frame (linear, ``grid_sample`` on the cascade's device:
-        the same result as scipy's path within float rounding, and on the CPU about twice as fast)
-        and normalise its HU window."""
+        """Resample ``image`` to the working frame (linear, in torch on the cascade's device: the
+        same result as scipy's path within float rounding; see resample_torch) and normalise its
+        HU window."""
         start = time.perf_counter()
         frame = working_frame_for(image.array.shape, image.affine)
         check_memory(frame.shape)
