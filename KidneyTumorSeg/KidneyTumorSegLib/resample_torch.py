@@ -80,7 +80,7 @@ def _separable(source: torch.Tensor, mapping: AxisMap, shape: tuple[int, int, in
         weight = (position - low).float().view(broadcast)
         high = (low + 1).clamp_(max=length - 1)
         volume = volume.index_select(axis, low).float().lerp_(volume.index_select(axis, high).float(), weight)
-    return volume.float().contiguous()
+    return volume.contiguous()  # float32: every pass above converts
 
 
 def _grid_sampled(array: np.ndarray, frame: WorkingFrame, device: torch.device | str, order: int,
