@@ -115,6 +115,20 @@ class ThresholdNet(nn.Module):
         return logits, torch.full((x.shape[0], self.channels, *x.shape[2:]), self.heat, dtype=x.dtype)
 
 
+class ConstantNet(nn.Module):
+    """A stand-in network whose sigmoid is ``probability`` everywhere (to float32 rounding): a
+    constant segmentation logit ``log(p / (1 - p))``; no regression. ``calls`` counts forward passes."""
+
+    def __init__(self, probability: float):
+        super().__init__()
+        self.logit = math.log(probability / (1.0 - probability))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, regression: bool = True) -> tuple[torch.Tensor, None]:
+        self.calls += 1
+        return torch.full_like(x, self.logit), None
+
+
 def steered_bundle(path: str | os.PathLike, roles: tuple[str, ...], seg_bias: dict[str, float],
                    heat: float = 1.0, base_channels: int = 2, kidney_patch: tuple[int, int, int] | None = None) -> Path:
     """An untrained bundle whose listed models' segmentation heads output a constant logit.

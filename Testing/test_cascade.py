@@ -15,7 +15,7 @@ from KidneyTumorSegLib.cascade import STAGE2_ORDER, TUMOR_2D_ROLES, Cascade, Inf
 from KidneyTumorSegLib.inference import Cancelled
 from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, MethodSettings
 from KidneyTumorSegLib.stage1 import NoKidneyFound, stage2_crop
-from synthetic_cases import ThresholdNet, image_in, normalized, phantom_ct, steered_bundle, working_affine
+from synthetic_cases import ConstantNet, ThresholdNet, image_in, normalized, phantom_ct, steered_bundle, working_affine
 
 torch.set_num_threads(1)
 
@@ -328,6 +328,46 @@ def test_tumor_clean_up_threshold_is_the_setting(bundle: ModelBundle) -> None:
     settings = _settings(fusion={"min_tumor_component_pixels": 24})
     labels = Cascade(fake, _options(settings=settings)).segment(image_in(_fusion_ct(), "IPL"), crop=Box.full(SHAPE)).labels
     assert np.all(labels[4:16, 40:45, 8:13] == 2)  # 25 px > 24: kept
+
+
+# ---------------------------------------------------------------- exact thresholds and the K mean
+
+JUST_BELOW = 0.4999  # float16 rounds it to 0.5: a map stored in float16 would count it as 1
+KT_EVERYWHERE = ThresholdNet(low=-1.0)
+
+
+def _constant_run(bundle: ModelBundle, networks: dict[str, torch.nn.Module], strict: bool = False) -> np.ndarray:
+    """Labels (working frame) of the whole phantom, stage 2 over the whole volume."""
+    settings = _settings(fusion={"kt_only_label": 0}) if strict else DEFAULT_SETTINGS
+    members = tuple(role for role in networks if role in STAGE2_ORDER)
+    cascade = Cascade(_with(bundle, networks), _options(members=members, settings=settings))
+    return cascade.segment(image_in(phantom_ct(SHAPE), "IPL"), crop=Box.full(SHAPE)).labels_working
+
+
+@pytest.mark.parametrize("probability, counts", [(JUST_BELOW, False), (0.5, True)])
+def test_every_threshold_counts_p_of_one_half_and_not_below(bundle: ModelBundle, probability: float, counts: bool) -> None:
+    """p >= 0.5 (SPEC) is what runs, for KT, K (strict), a 3D tumor model, the 2D tumor mean and
+    stage 1's support: no probability passes through float16 before its threshold."""
+    p = ConstantNet(probability)
+    assert _constant_run(bundle, {"KT": p}).max() == (1 if counts else 0)
+    kidney = _constant_run(bundle, {"KT": KT_EVERYWHERE, "K1": p, "K2": p}, strict=True)
+    assert np.all(kidney == (1 if counts else 0))
+    for tumor_roles in (("T-vnet",), TUMOR_2D_ROLES):
+        labels = _constant_run(bundle, {"KT": KT_EVERYWHERE, **{role: p for role in tumor_roles}})
+        assert np.all(labels == (2 if counts else 1)), tumor_roles
+    cascade = Cascade(_with(bundle, {"stage1": p, "KT": KT_EVERYWHERE}), _options(members=("KT",)))
+    image = image_in(phantom_ct(SHAPE), "IPL")
+    case = cascade.prepare(image)
+    cascade.segment(image, crop=Box.full(SHAPE), case=case)
+    assert case.support_down.all() if counts else not case.support_down.any()
+
+
+@pytest.mark.parametrize("k1, k2, kidney", [(0.9, 0.05, False), (0.9, 0.2, True), (0.3, 0.75, True)])
+def test_k_is_the_mean_of_k1_and_k2(bundle: ModelBundle, k1: float, k2: float, kidney: bool) -> None:
+    """K1 and K2 disagree: the label follows their mean (0.475, 0.55, 0.525), not the larger or
+    smaller of the two (strict consensus, where K decides between kidney and background)."""
+    labels = _constant_run(bundle, {"KT": KT_EVERYWHERE, "K1": ConstantNet(k1), "K2": ConstantNet(k2)}, strict=True)
+    assert np.all(labels == (1 if kidney else 0))
 
 
 def test_working_affine_is_the_working_frame() -> None:

@@ -5,6 +5,7 @@ Grids: the ×4 down-sampled grid of stage 1 and the working frame ``[z, y, x]`` 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -346,3 +347,51 @@ def test_stage1_result_keeps_every_box_and_the_landmarks() -> None:
     assert len(result.landmarks) == 4 * 4 * 2  # 4 channels x 4 slices x 2 kidneys
     assert {lm.name for lm in result.landmarks} == {"left", "top", "right", "bottom"}
     assert all(result.chosen_box.contains(Box.from_points(np.floor([lm.zyx]).astype(int))) for lm in result.landmarks)
+
+
+# ---------------------------------------------------------------- the refinement region [D] and the decisions in words
+
+
+@pytest.mark.parametrize("margin", [(16, 128, 128), (0, 0, 0), (4, 8, 16)])
+def test_the_refinement_region_is_the_setting(margin: tuple[int, int, int]) -> None:
+    probability, heatmaps = np.zeros(DOWN, np.float32), _no_heatmaps()
+    _kidneys_down(probability, heatmaps, [LEFT_KIDNEY_DOWN, RIGHT_KIDNEY_DOWN])
+    calls: list[Box] = []
+    result = choose_crop(probability, heatmaps, WORKING, _kidney_probability([LEFT_KIDNEY], calls),
+                         _with_stage1(refine_margin_zyx=margin))
+    half = [m // 2 for m in margin]
+    chosen = result.chosen_box
+    expected = Box(tuple(max(0, a - h) for a, h in zip(chosen.start, half)),
+                   tuple(min(n - 1, b + h) for b, h, n in zip(chosen.stop, half, WORKING)))
+    assert calls == [expected]
+    assert DEFAULT_SETTINGS.stage1.refine_margin_zyx == DEFAULT_SETTINGS.crop.kidney_margin_zyx  # [D] the stage-2 margin
+
+
+def _stated_boxes(decision: str) -> list[tuple[int, int, int, int]]:
+    """Every ``Z × Y × X = N voxels`` a decision states, as (Z, Y, X, N)."""
+    return [tuple(int(v) for v in m) for m in re.findall(r"(\d+) × (\d+) × (\d+) = (\d+) voxels", decision)]
+
+
+def test_decisions_state_sizes_that_add_up() -> None:
+    """The support box reaches far past a narrow landmark box: the skip speaks of the support
+    inside the region the kidney models would search, never of a box larger than that region."""
+    probability, heatmaps = np.zeros(DOWN, np.float32), _no_heatmaps()
+    _kidneys_down(probability, heatmaps, [(6, 9)], segmentation=False)  # landmarks: a narrow box on the left
+    probability[:, :, :] = 0.9  # stage 1 marks everything: its widths disagree, the landmark box is chosen
+    support = np.ones(DOWN, bool)
+    result = choose_crop(probability, heatmaps, WORKING, _kidney_probability([LEFT_KIDNEY], []), support_down=support)
+    assert result.chosen_box == result.landmark_box and "landmark box used" in result.decisions[0]
+    assert "no refinement needed" in result.decisions[1]
+    region = result.chosen_box.expanded(DEFAULT_SETTINGS.stage1.refine_margin_zyx).clipped(WORKING)
+    stated = _stated_boxes(result.decisions[1])
+    assert stated[0] == (*region.size, region.volume)  # the support fills the whole region
+    assert stated[1] == (*result.chosen_box.size, result.chosen_box.volume)
+    widths = re.findall(r"(\d+) voxels \((\d+) mm\)", result.decisions[0])
+    assert [int(v) for v, _ in widths] == [result.segmentation_box.width, result.landmark_box.width]
+    assert f"{abs(result.segmentation_box.width - result.landmark_box.width)} voxels apart" in result.decisions[0]
+    for decision in result.decisions:
+        assert all(z * y * x == n for z, y, x, n in _stated_boxes(decision))
+    refined = choose_crop(probability, heatmaps, WORKING, _kidney_probability([Box((8, 40, 24), (15, 63, 39))], []))
+    stated = _stated_boxes(refined.decisions[1])
+    assert "refined box used" in refined.decisions[1] and stated[0][3] < stated[1][3] / 2
+    assert all(z * y * x == n for z, y, x, n in stated)

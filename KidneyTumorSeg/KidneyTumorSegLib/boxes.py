@@ -83,6 +83,17 @@ class Box:
             raise ValueError(f"box {self.start}-{self.stop} lies outside the image {tuple(shape)}")
         return Box(start, stop)
 
+    def intersection(self, other: Box) -> Box | None:
+        """The voxels both boxes hold, or None when they do not overlap."""
+        start = tuple(max(a, c) for a, c in zip(self.start, other.start))
+        stop = tuple(min(b, d) for b, d in zip(self.stop, other.stop))
+        return None if any(b < a for a, b in zip(start, stop)) else Box(start, stop)
+
+    def describe(self, spacing: tuple[float, float, float]) -> str:
+        """``"Z × Y × X = N voxels (a × b × c mm)"`` for voxels of ``spacing`` (mm, same axis order)."""
+        mm = " × ".join(f"{n * s:.0f}" for n, s in zip(self.size, spacing))
+        return f"{' × '.join(str(n) for n in self.size)} = {self.volume} voxels ({mm} mm)"
+
     def contains(self, other: Box) -> bool:
         """Whether ``other`` lies inside this box."""
         return all(a <= c and d <= b for a, b, c, d in zip(self.start, self.stop, other.start, other.stop))

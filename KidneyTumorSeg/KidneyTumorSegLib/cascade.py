@@ -3,6 +3,10 @@
 :class:`Cascade` holds a verified bundle's networks as predictors on one device. Each stage is
 callable alone (``locate``; ``segment`` with a given crop box) because the Slicer panel shows
 stage 1's boxes and lets the user move the crop before stage 2 runs.
+
+Probability maps stay float32 from the networks' sigmoid to every threshold, so "p ≥ 0.5" (SPEC)
+is what runs: float16 storage would turn p in [0.49988, 0.5) into 0.5. The six 2D tumor maps are
+summed as they come, so this costs no more memory than six float16 maps did.
 """
 from __future__ import annotations
 
@@ -166,7 +170,7 @@ class Cascade:
             return sliding_window_predict(
                 volume, predictor, entry.patch_size, overlap=self.options.overlap, batch_size=batch_size,
                 device=device, progress=lambda done, total: report(stage, role, done / total), cancel=cancel,
-                out_dtype=np.float16 if output == "seg" else np.float32, region=region,
+                region=region,
             )
 
         result = self._with_memory_fallback(role, run, self.options.batch_size)
@@ -183,8 +187,7 @@ class Cascade:
             return predict_along_axis(
                 volume, predictor, ROLES[role].axis, batch_size=batch_size, device=device,
                 divisor=required_divisor(entry.architecture, entry.params),
-                progress=lambda done, total: report("stage2", role, done / total), cancel=cancel, out_dtype=np.float16,
-                region=region,
+                progress=lambda done, total: report("stage2", role, done / total), cancel=cancel, region=region,
             )
 
         result = self._with_memory_fallback(role, run, self.options.batch_size_2d)
@@ -222,11 +225,10 @@ class Cascade:
                 offset = [a - c for a, c in zip(box.start, cached_box.start)]
                 return probability[tuple(slice(o, o + s) for o, s in zip(offset, box.size))]
         crop = case.normalized[box.slices]
-        probability = average_probabilities([self._run_3d(r, crop, "seg", report, stage, cancel, region)[0] for r in roles])
-        if region is not None:
-            return probability
-        case.kidney_cache[box] = probability.astype(np.float16)
-        return case.kidney_cache[box]
+        probability = average_probabilities(self._run_3d(r, crop, "seg", report, stage, cancel, region)[0] for r in roles)
+        if region is None:
+            case.kidney_cache[box] = probability
+        return probability
 
     # -- stage 1 -----------------------------------------------------------------------------
     def _refiner(self, case: PreparedCase, support: np.ndarray | None, progress: ProgressReport,
@@ -301,9 +303,9 @@ class Cascade:
         region = kt_mask if self.options.skip_outside_kt else None
         kidney = self._kidney_probability(case, crop, progress, cancel, region=region) if self.kidney_models_label else None
         tumor = [self._run_3d(r, volume, "seg", progress, "stage2", cancel, region)[0] for r in TUMOR_3D_ROLES if r in self.members]
-        two_d = [self._run_2d(r, volume, progress, cancel, region) for r in TUMOR_2D_ROLES if r in self.members]
-        if two_d:
-            tumor.append(average_probabilities(two_d))
+        two_d = [r for r in TUMOR_2D_ROLES if r in self.members]
+        if two_d:  # summed as they come: one 2D map at a time besides the sum
+            tumor.append(average_probabilities(self._run_2d(r, volume, progress, cancel, region) for r in two_d))
         check_cancel(cancel)
         start = time.perf_counter()
         labels = clean_tumor(assign_labels(kt, kidney, tumor, self.settings), self.settings)

@@ -1,11 +1,12 @@
 """Ensemble label assignment and tumor clean-up (SPEC §3), pure functions of arrays.
 
 Every array is indexed ``[z, y, x]`` (the stage-2 crop of the working frame, z = axial slice).
-Probabilities are float32 or float16 in [0, 1]; labels are uint8 (0 background, 1 kidney, 2 tumor).
+Probabilities are float32 (or float16) in [0, 1]; thresholds compare them as given, so the
+cascade hands them over in float32 (see cascade.py); labels are uint8 (0 background, 1 kidney, 2 tumor).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -20,18 +21,23 @@ def _check_shapes(reference: np.ndarray, others: Sequence[np.ndarray], what: str
             raise ValueError(f"{what}: shape {other.shape} differs from {reference.shape}")
 
 
-def average_probabilities(probs: Sequence[np.ndarray]) -> np.ndarray:
+def average_probabilities(probs: Iterable[np.ndarray]) -> np.ndarray:
     """Voxel-wise mean of probability maps of one shape, as float32 (float16 input is fine).
 
-    Accumulates in float32: no float64 copy of the volume is made.
+    Accumulates in float32 as the maps come (a generator keeps one map alive besides the sum);
+    no float64 copy of the volume is made.
     """
-    if len(probs) == 0:
-        raise ValueError("average_probabilities needs at least one probability map")
-    _check_shapes(probs[0], probs[1:], "average_probabilities")
-    total = np.zeros(probs[0].shape, dtype=np.float32)
+    total: np.ndarray | None = None
+    count = 0
     for prob in probs:
+        if total is None:
+            total = np.zeros(prob.shape, dtype=np.float32)
+        _check_shapes(total, [prob], "average_probabilities")
         np.add(total, prob, out=total, dtype=np.float32)
-    total /= np.float32(len(probs))
+        count += 1
+    if total is None:
+        raise ValueError("average_probabilities needs at least one probability map")
+    total /= np.float32(count)
     return total
 
 

@@ -55,6 +55,9 @@ class Stage1Settings:
     refine_max_volume_ratio: float = 0.5  # [D] refined box used when its volume < half
     refine_with: str = "K"  # "K" (paper) or "KT": which stage-2 model refines the box
     refine_enabled: bool = True
+    # [D] K refines over the chosen box grown by this total margin [z, y, x] (8 / 64 / 64 per side:
+    # the stage-2 margin, the context K was trained with) and clipped; (0, 0, 0) = the chosen box alone.
+    refine_margin_zyx: tuple[int, int, int] = (16, 128, 128)
     support_components: bool = True  # [D] K/KT components must lie in stage 1's foreground (support.py)
     support_min_fraction: float = 0.1  # [D] stage-1 components < 10 % of its largest give no support
     support_max_components: int = 2  # [D] ... nor do any but its two largest (two kidneys)

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from .boxes import Box
-from .settings import DEFAULT_SETTINGS, MethodSettings
+from .settings import DEFAULT_SETTINGS, WORKING_SPACING_ZYX, MethodSettings
 from .support import keep_supported, support_in_box
 from .targets import CONNECTIVITY_26, landmark_peaks
 
@@ -83,16 +83,23 @@ def widths_about_the_same(segmentation: Box, landmarks: Box, settings: MethodSet
 
 
 def choose_by_width(segmentation: Box | None, landmarks: Box | None, settings: MethodSettings = DEFAULT_SETTINGS) -> tuple[Box, str]:
-    """Under-prediction rule: the segmentation box when the widths agree, else the landmark box."""
+    """Under-prediction rule: the segmentation box when the widths agree, else the landmark box.
+    The decision names both widths (voxels and mm), their difference and the tolerance."""
     if segmentation is None and landmarks is None:
         raise NoKidneyFound("stage 1 found no kidney; draw a crop box by hand or run stage 2 on the whole volume (--box full)")
     if landmarks is None:
-        return segmentation, "no landmarks: segmentation box used"
+        return segmentation, "stage 1 found no landmarks: segmentation box used"
     if segmentation is None:
-        return landmarks, "no foreground: landmark box used"
+        return landmarks, "stage 1 marked no kidney voxel, only landmarks: landmark box used"
+    spacing = WORKING_SPACING_ZYX[2]
+    tolerance = settings.stage1.width_tolerance
+    widths = (f"transverse widths: segmentation box {segmentation.width} voxels ({segmentation.width * spacing:.0f} mm), "
+              f"landmark box {landmarks.width} voxels ({landmarks.width * spacing:.0f} mm), "
+              f"{abs(segmentation.width - landmarks.width)} voxels apart")
+    limit = f"{tolerance:.0%} of the landmark box's width ({tolerance * landmarks.width:.1f} voxels)"
     if widths_about_the_same(segmentation, landmarks, settings):
-        return segmentation, f"widths agree (seg {segmentation.width}, landmarks {landmarks.width} voxels): segmentation box used"
-    return landmarks, f"widths differ (seg {segmentation.width}, landmarks {landmarks.width} voxels): landmark box used"
+        return segmentation, f"{widths}, within {limit}: segmentation box used"
+    return landmarks, f"{widths}, more than {limit}: landmark box used"
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -129,21 +136,51 @@ def accept_refinement(refined: Box | None, previous: Box, settings: MethodSettin
     return refined is not None and refined.volume < settings.stage1.refine_max_volume_ratio * previous.volume
 
 
+def refinement_region(chosen: Box, working_shape: tuple[int, ...], settings: MethodSettings = DEFAULT_SETTINGS) -> Box:
+    """Where the kidney models refine the ``chosen`` box: grown by ``stage1.refine_margin_zyx``
+    ([D] the stage-2 margin, the context they were trained with) and clipped."""
+    return chosen.expanded(settings.stage1.refine_margin_zyx).clipped(working_shape)
+
+
+def _share_of(chosen: Box, settings: MethodSettings) -> str:
+    """``"0.5 × the chosen box, Z × Y × X = N voxels (…), i.e. M voxels"``: the over-prediction rule's bar."""
+    ratio = settings.stage1.refine_max_volume_ratio
+    return f"{ratio:g} × the chosen box, {chosen.describe(WORKING_SPACING_ZYX)}, i.e. {ratio * chosen.volume:.0f} voxels"
+
+
 def support_fills(support_down: np.ndarray | None, chosen: Box, working_shape: tuple[int, ...],
                   settings: MethodSettings = DEFAULT_SETTINGS) -> str | None:
     """Why the refinement can be skipped, or None. With stage 1's support, the refined box holds
-    only kidney components lying mostly in the support, so it is about the support's box; when
-    that box is not below half of ``chosen``, the over-prediction rule would keep ``chosen``
-    anyway [D: ``refine_only_when_support_is_smaller``]."""
+    only kidney components lying mostly in the support, so inside the refinement region it is
+    about the support's box there; when that is not below half of ``chosen`` (or empty), the
+    over-prediction rule would keep ``chosen`` anyway [D: ``refine_only_when_support_is_smaller``]."""
     if support_down is None or not settings.stage1.refine_only_when_support_is_smaller:
         return None
     support_box = Box.from_mask(support_down)
     if support_box is None:
         return None
-    support_box = support_box.scaled_up(settings.geometry.downsample_factor, working_shape)
-    if accept_refinement(support_box, chosen, settings):
+    region = refinement_region(chosen, working_shape, settings)
+    inside = support_box.scaled_up(settings.geometry.downsample_factor, working_shape).intersection(region)
+    if inside is None:
+        return ("stage 1's kidneys lie wholly outside the region the kidney models would search "
+                f"({region.describe(WORKING_SPACING_ZYX)}): no refinement needed, chosen box kept")
+    if accept_refinement(inside, chosen, settings):
         return None
-    return f"stage 1's kidneys fill the box ({support_box.volume} of {chosen.volume} voxels): no refinement needed"
+    return (f"stage 1's kidneys span {inside.describe(WORKING_SPACING_ZYX)} of the region the kidney models would "
+            f"search, not below {_share_of(chosen, settings)}: the models could not shrink the box enough, "
+            "no refinement needed")
+
+
+def refinement_decision(candidate: Box | None, chosen: Box, region: Box, accepted: bool,
+                        settings: MethodSettings = DEFAULT_SETTINGS) -> str:
+    """The over-prediction rule's decision in words, with the sizes it compared."""
+    if candidate is None:
+        return (f"the kidney models found no kidney region of {settings.stage1.refine_min_component_voxels} voxels "
+                f"or more in {region.describe(WORKING_SPACING_ZYX)} around the chosen box: chosen box kept")
+    found = f"the kidney models' box, {candidate.describe(WORKING_SPACING_ZYX)},"
+    if accepted:
+        return f"{found} is below {_share_of(chosen, settings)}: refined box used"
+    return f"{found} is not below {_share_of(chosen, settings)}: chosen box kept"
 
 
 def stage2_crop(box: Box, working_shape: tuple[int, ...], settings: MethodSettings = DEFAULT_SETTINGS) -> Box:
@@ -164,8 +201,8 @@ def choose_crop(
     ``probability_down`` is the foreground probability ``[z, y, x]``, ``heatmaps_down`` the
     5 landmark channels ``[5, z, y, x]``. ``kidney_probability`` runs the stage-2 kidney models
     over a working-frame box (None, or ``settings.stage1.refine_enabled`` False, skips the
-    over-prediction rule). The kidney models see the chosen box grown by the stage-2 margin, the
-    context they were trained with. ``support_down`` (None: off) limits the refinement to the
+    over-prediction rule). The kidney models see :func:`refinement_region` ([D] the chosen box
+    grown by the stage-2 margin, the context they were trained with). ``support_down`` (None: off) limits the refinement to the
     kidney components lying mostly in stage 1's support (support.py), and skips it when the
     support already fills half the box (:func:`support_fills`).
     """
@@ -178,13 +215,10 @@ def choose_crop(
     if filled:
         decisions.append(filled)
     elif kidney_probability is not None and settings.stage1.refine_enabled:
-        region = stage2_crop(chosen, working_shape, settings)
+        region = refinement_region(chosen, working_shape, settings)
         candidate = refined_kidney_box(kidney_probability(region), region, settings, support_down)
-        if accept_refinement(candidate, chosen, settings):
-            refined = candidate
-            decisions.append(f"kidney box {candidate.volume} < half of {chosen.volume} voxels: refined box used")
-        else:
-            size = "none" if candidate is None else f"{candidate.volume}"
-            decisions.append(f"kidney box {size} not below half of {chosen.volume} voxels: kept")
+        accepted = accept_refinement(candidate, chosen, settings)
+        refined = candidate if accepted else None
+        decisions.append(refinement_decision(candidate, chosen, region, accepted, settings))
     crop = stage2_crop(refined or chosen, working_shape, settings)
     return Stage1Result(seg_box, lm_box, chosen, refined, crop, landmarks_from_heatmaps(heatmaps_down, settings), tuple(decisions))
