@@ -199,6 +199,27 @@ def test_oblique_input_keeps_world_positions(thin_slice_mask: nib.Nifti1Image) -
     assert dice(labels > 0, back > 0) >= KIDNEY_DICE_FLOOR
 
 
+def test_oblique_labels_come_back_by_their_nearest_working_voxel(thin_slice_mask: nib.Nifti1Image) -> None:
+    """Back onto an oblique input grid each voxel takes the label of its nearest working voxel:
+    with tumor (2) next to background (0), a linear kernel would invent kidney (1) between them."""
+    labels = real_labels(thin_slice_mask)
+    tumor = Box.from_mask(labels == 2)  # the tumor and 8 voxels around it (speed)
+    start = [max(0, a - 8) for a in tumor.start]
+    labels = labels[tuple(slice(a, b + 9) for a, b in zip(start, tumor.stop))]
+    affine = thin_slice_mask.affine.copy()
+    affine[:3, 3] = (thin_slice_mask.affine @ np.r_[start, 1.0])[:3]
+    oblique = rotated_about_centre(affine, labels.shape, 20.0, axis=1)
+    frame = working_frame_for(labels.shape, oblique)
+    working = to_working_frame(labels, frame, order=0, dtype=np.uint8)
+    working[working == 1] = 0  # tumor and background only
+    back = labels_to_source(working, frame)
+    index = np.indices(labels.shape).reshape(3, -1)
+    nearest = np.rint((frame.source_to_working() @ np.r_[index, np.ones((1, index.shape[1]))])[:3]).astype(int)
+    nearest = np.clip(nearest, 0, np.array(frame.shape)[:, None] - 1)
+    np.testing.assert_array_equal(back, working[tuple(nearest)].reshape(labels.shape))
+    assert set(np.unique(back)) == {0, 2}
+
+
 def test_thin_slice_real_mask_round_trip(thin_slice_mask: nib.Nifti1Image) -> None:
     labels = real_labels(thin_slice_mask)
     frame = working_frame_for(labels.shape, thin_slice_mask.affine)

@@ -88,6 +88,14 @@ def test_overlaps_are_blended_with_the_importance_map() -> None:
     assert blended[0, 4, 4, 8] < 0.1 and blended[0, 4, 4, 15] > 0.9  # nearer centre wins
 
 
+def test_gaussian_blending_is_the_default() -> None:
+    """The cascade calls the sliding window without ``gaussian``: the default must blend."""
+    volume = np.zeros((8, 8, 24), dtype=np.float32)
+    default = sliding_window_predict(volume, _counting_predictor(), (8, 8, 16))
+    np.testing.assert_array_equal(default, sliding_window_predict(volume, _counting_predictor(), (8, 8, 16), gaussian=True))
+    assert default[0, 4, 4, 8] < 0.1 and default[0, 4, 4, 15] > 0.9  # uniform weights give 0.5 there
+
+
 def test_gaussian_map_is_cached_symmetric_positive_and_has_sigma_one_eighth() -> None:
     gaussian_importance_map.cache_clear()
     first = gaussian_importance_map((17, 24, 9))

@@ -70,3 +70,22 @@ def test_prepare_again_skips_finished_cases_and_redoes_incomplete_ones(kits_fold
     assert finished.stat().st_mtime_ns == before
     assert incomplete.is_file()
     assert not (cache / ".case_00002.abc.partial").exists()
+
+
+def test_labels_reach_the_working_frame_by_nearest_neighbour(thin_slice_mask):
+    """The real 0.5 mm mask, its kidney removed so tumor (2) meets background (0): resampled to
+    3 mm slices, every working voxel keeps a label of its nearest input voxel, never a blend (1)."""
+    from KidneyTumorSegLib.geometry import to_working_frame, working_frame_for
+    from training_tools.cache import working_arrays
+
+    labels = np.asarray(thin_slice_mask.dataobj, dtype=np.uint8).copy()
+    tumor = Box.from_mask(labels == 2)
+    start = [max(0, a - 8) for a in tumor.start]  # the tumor and 8 voxels around it (speed)
+    labels = np.ascontiguousarray(labels[tuple(slice(a, b + 9) for a, b in zip(start, tumor.stop))])
+    labels[labels == 1] = 0
+    affine = thin_slice_mask.affine.copy()
+    affine[:3, 3] = (thin_slice_mask.affine @ np.r_[start, 1.0])[:3]
+    _, working = working_arrays(labels.astype(np.int16), labels, affine)
+    assert set(np.unique(working)) == {0, 2}
+    frame = working_frame_for(labels.shape, affine)
+    np.testing.assert_array_equal(working, to_working_frame(labels, frame, order=0, dtype=np.uint8))

@@ -84,6 +84,7 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
         assert config.segmentation_loss == loss
         assert config.effective_patch_size == patch
         assert config.weight_decay == 5e-4 and config.poly_power == 0.9
+        assert config.loss_weights == {"segmentation": 1.0, "regression": 1.0}  # segmentation loss + WMSE, unweighted
         assert config.iterations >= 1 and config.batch_size >= 1 and config.base_channels >= 1
         if preset == "paper":
             assert config.learning_rate == lr and config.spec_deviations() == []

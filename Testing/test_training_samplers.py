@@ -204,3 +204,33 @@ def test_augmentation_is_off_by_default_and_flips_landmark_channels():
     reg[:, :, :, 0] += 10
     _, _, flipped = Augmentation(scale=0, shift=0, noise=0, flip_x=1.0)((image, image.copy(), reg), np.random.default_rng(0))
     assert flipped[0, 0, 0, 3] == 12 and flipped[2, 0, 0, 3] == 10  # left <-> right swapped and mirrored
+
+
+def test_2d_regression_target_is_the_tumor_boundary_of_the_same_window(case):
+    """SPEC §2: every 2D U-Net regresses the tumor's soft boundary (σ 2, per axial slice), cut
+    from the crop along the model's axis like its image: not the kidney's."""
+    from KidneyTumorSegLib.targets import task_boundary_target
+
+    boundary = task_boundary_target(np.asarray(case.labels) == 2, "tumor")  # [z, y, x] of the crop
+    for axis, array_axis in (("axial", 0), ("coronal", 1), ("sagittal", 2)):
+        sampler = TumorSliceSampler(axis)
+        for index in range(sampler.count(case)):
+            _, seg, reg = sampler.sample(case, index, np.random.default_rng(index))
+            plane = np.take(boundary, case.tumor_slices(axis)[index], axis=array_axis)
+            replay = np.random.default_rng(index)
+            start = [random_start(replay, n, p) for n, p in zip(plane.shape, (256, 256))]
+            np.testing.assert_allclose(reg[0], read_window(plane, start, (256, 256)), atol=1e-3)
+            assert reg[0][seg[0] > 0].max() > 0.5 and reg[0][seg[0] == 0].max() > 0.5  # rings the tumor's edge
+
+
+def test_2d_window_is_drawn_at_random_over_the_whole_slice(case):
+    """Axial slices of the crop are 168 x 300: each draw places the 168 rows anywhere in the 256
+    (88 free) and takes a random 256 of the 300 columns (44 free)."""
+    sampler = TumorSliceSampler("axial")
+    starts = set()
+    for seed in range(20):
+        _, seg, _ = sampler.sample(case, 0, np.random.default_rng(seed))
+        rows, columns = np.nonzero(seg[0])
+        starts.add((90 - CROP_START[1] - rows.min(), 70 - CROP_START[2] - columns.min()))  # the tumor's first row and column
+    assert len({y for y, _ in starts}) > 5 and len({x for _, x in starts}) > 5
+    assert all(-88 <= y <= 0 and 0 <= x <= 44 for y, x in starts)

@@ -7,14 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from KidneyTumorSegLib.bundle import load_bundle
+from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
+from KidneyTumorSegLib.imageio import Image
 from training_tools.configs import load_config
 from training_tools.export import export_bundle
+from training_tools.cache import working_arrays
 from training_tools.logs import read_log
 from training_tools.train import TrainOptions, train
+from synthetic_cases import working_affine
 from training_helpers import write_synthetic_case
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -108,6 +113,11 @@ def test_export_writes_a_bundle_the_inference_side_loads(cache, tmp_path, half):
     assert provenance["runs"]["KT"]["config"]["base_channels"] == 2
     assert provenance["weights_dtype"] == ("float16" if half else "float32")
     assert "git" in provenance
+    # Inference normalises a CT exactly as the training cache did: the bundle holds the trained HU window.
+    ct = (np.indices((12, 40, 40)).sum(axis=0) * 25 - 500).astype(np.int16)  # -500 … 1725 HU: past both ends
+    normalized, _ = working_arrays(ct, np.zeros(ct.shape, np.uint8), working_affine())
+    prepared = Cascade(bundle, InferenceOptions(device="cpu")).prepare(Image(ct, working_affine()))
+    np.testing.assert_allclose(prepared.normalized, normalized, atol=1e-5)
     for role in ("stage1", "KT"):
         trained = torch.load(tmp_path / role / "model.pt", weights_only=True)
         loaded = bundle.networks[role].state_dict()
@@ -145,3 +155,23 @@ def test_init_weights_refuses_weights_of_another_network(cache, tmp_path):
         train(wider, _options(cache, tmp_path / "wide", init_weights=tmp_path / "narrow" / "model.pt"))
     with pytest.raises(FileNotFoundError, match="initial weights for T-unet not found"):
         train(config, _options(cache, tmp_path / "missing", init_weights=tmp_path / "nothing.pt"))
+
+
+def test_the_loop_follows_the_configured_loss_weights_poly_schedule_and_adam_weight_decay(cache, tmp_path):
+    """SPEC §2 through the training loop itself: each logged loss is the weighted sum of its
+    parts, each learning rate the poly schedule's, and the optimizer Adam with the weight decay."""
+    from training_tools.schedule import poly_lr
+
+    config = load_config("T-unet", "paper", {**TINY, "patch_size": [16, 32, 32],
+                                             "loss_weights": {"segmentation": 1.0, "regression": 0.25}})
+    train(config, _options(cache, tmp_path / "run"))
+    rows = [r for r in read_log(tmp_path / "run" / "log.csv") if "loss" in r]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert row["lr"] == pytest.approx(poly_lr(config.learning_rate, row["iteration"] - 1, 4, config.poly_power), rel=1e-5)
+        assert row["loss"] == pytest.approx(row["seg_loss"] + 0.25 * row["reg_loss"], rel=1e-4)
+        assert row["reg_loss"] > 0.01 * row["seg_loss"]  # the weight shows
+    assert config.poly_power == 0.9 and config.weight_decay == 5e-4
+    groups = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["weight_decay"] == config.weight_decay and not g.get("decoupled_weight_decay", False) for g in groups)
+    assert all(g["betas"] == (0.9, 0.999) and not g["amsgrad"] for g in groups)  # plain Adam
