@@ -23,7 +23,7 @@ from KidneyTumorSegLib.locate_result import RasBox  # noqa: E402
 from KidneyTumorSegLib.measurements import measure  # noqa: E402
 from KidneyTumorSegLib.mrml.roi import roi_ras_box, roi_working_box, set_roi_box  # noqa: E402
 from KidneyTumorSegLib.mrml.scene import module_parameter_node, new_headless_scene, node_ids  # noqa: E402
-from KidneyTumorSegLib.mrml.segmentation import segment_id, segmentation_labels  # noqa: E402
+from KidneyTumorSegLib.mrml.segmentation import segment_id, segment_terminology, segmentation_labels  # noqa: E402
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
 from KidneyTumorSegLib.mrml.volumes import add_volume  # noqa: E402
 from KidneyTumorSegLib.report import box_from_json, stage1_json  # noqa: E402
@@ -202,7 +202,7 @@ def test_locate_drag_segment_on_real_nodes(setup, case):
     assert np.array_equal(got, expected) and np.allclose(affine, case.affine)
     assert 0 < np.count_nonzero(expected) < np.count_nonzero(case.array)  # the drag cut one kidney out
     assert segment_id(p.output_segmentation, "Kidney") and segment_id(p.output_segmentation, "Tumor")
-    assert "64033007" in p.output_segmentation.GetSegmentation().GetSegment(segment_id(p.output_segmentation, "Kidney")).GetTerminology()
+    assert "64033007" in segment_terminology(p.output_segmentation.GetSegmentation().GetSegment(segment_id(p.output_segmentation, "Kidney")))
     rows = {row[0]: row[1:] for row in table_rows(p.results_table)}
     assert rows["Kidney volume (mL)"][2] == pytest.approx(measure(expected, case.affine)["kidney_ml"]["total"], abs=0.01)
     assert controller.measurements["tumor_count"] == measure(expected, case.affine)["tumor_count"]

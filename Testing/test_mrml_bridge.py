@@ -17,7 +17,8 @@ from KidneyTumorSegLib.mrml.landmarks import show_landmarks  # noqa: E402
 from KidneyTumorSegLib.mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, roi_working_box, show_roi  # noqa: E402
 from KidneyTumorSegLib.mrml.scene import application_scene, module_parameter_node, new_headless_scene  # noqa: E402
 from KidneyTumorSegLib.mrml.segmentation import (  # noqa: E402
-    KIDNEY, TUMOR, fill_segmentation, link_to_volume, new_segmentation_node, segment_id, segmentation_labels, show_3d,
+    KIDNEY, TUMOR, fill_segmentation, link_to_volume, new_segmentation_node, segment_id, segment_terminology, segmentation_labels,
+    show_3d,
 )
 from KidneyTumorSegLib.mrml.table import fill_measurements_table, table_rows  # noqa: E402
 from KidneyTumorSegLib.mrml.volumes import add_volume, image_from_volume, volume_affine, write_volume_nifti  # noqa: E402
@@ -147,7 +148,7 @@ def test_segmentation_holds_kidney_and_tumor_with_snomed_terms_linked_to_the_ct(
     kidney = node.GetSegmentation().GetSegment(segment_id(node, "Kidney"))
     tumor = node.GetSegmentation().GetSegment(segment_id(node, "Tumor"))
     assert node.GetSegmentation().GetNumberOfSegments() == 2
-    k, t = _entry(kidney.GetTerminology()), _entry(tumor.GetTerminology())
+    k, t = _entry(segment_terminology(kidney)), _entry(segment_terminology(tumor))
     assert (k.GetCategoryObject().GetCodeValue(), k.GetTypeObject().GetCodeValue()) == ("123037004", "64033007")
     assert (t.GetCategoryObject().GetCodeValue(), t.GetTypeObject().GetCodeValue()) == ("49755003", "108369006")
     assert t.GetAnatomicRegionObject().GetCodeValue() == "64033007"

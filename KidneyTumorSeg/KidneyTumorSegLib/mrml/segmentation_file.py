@@ -13,7 +13,8 @@ import numpy as np
 
 from ..imageio import Image, atomic_output
 from .scene import private_scene
-from .segmentation import SEGMENTS, fill_segmentation, link_to_volume, new_segmentation_node, segmentation_labels
+from .segmentation import (SEGMENTS, fill_segmentation, link_to_volume, new_segmentation_node, segment_terminology,
+                           segmentation_labels)
 from .volumes import add_volume
 
 
@@ -78,7 +79,7 @@ def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile:
     for n in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(n)
         segments[segment.GetName()] = SegmentInfo(segment.GetName(), segment.GetLabelValue(),
-                                                  segment.GetTerminology(), tuple(segment.GetColor()))
+                                                  segment_terminology(segment), tuple(segment.GetColor()))
     labels, affine = segmentation_labels(node)
     return SegmentationFile(labels, affine, segments)
 
