@@ -170,3 +170,15 @@ def test_real_cli_locate_drag_segment_then_cancel(small_ct, untrained_bundle):
         assert not _alive(pid)
     finally:
         controller.close()
+
+
+def test_windows_children_get_their_own_group_and_no_console_window(monkeypatch):
+    from KidneyTumorSegLib import process
+
+    flags = process.process_group_options("nt")["creationflags"]
+    assert flags & 0x08000000 and flags & 0x00000200  # CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP
+    assert process.process_group_options("posix") == {"start_new_session": True}
+    calls = []
+    monkeypatch.setattr(process.subprocess, "run", lambda argv, **kwargs: calls.append((argv, kwargs)))
+    process.kill_windows_tree(4321)
+    assert calls[0][0] == ["taskkill", "/F", "/T", "/PID", "4321"] and calls[0][1]["creationflags"] & 0x08000000

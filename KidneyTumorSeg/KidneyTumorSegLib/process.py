@@ -24,6 +24,9 @@ from typing import Protocol
 logger = logging.getLogger(__name__)
 
 CLI_MODULE = "KidneyTumorSegLib.cli.main"
+WINDOWS_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+WINDOWS_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+"""Windows process-creation flags (named here too, so other systems can test them)."""
 LineCallback = Callable[[str], None]
 FinishedCallback = Callable[[int, str], None]
 """``on_finished(exit_code, stderr_tail)``."""
@@ -161,11 +164,10 @@ class SubprocessRunner:
             raise RuntimeError("a command is already running")
         self._events = queue.Queue()
         self._on_line, self._on_finished = on_line, on_finished
-        posix = os.name == "posix"
         self._process = subprocess.Popen(
             list(argv), cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
-            start_new_session=posix, creationflags=0 if posix else subprocess.CREATE_NEW_PROCESS_GROUP,
+            **process_group_options(),
         )
         logger.info("started %s (pid %d)", " ".join(argv), self._process.pid)
         threading.Thread(target=self._watch, args=(self._process, self._events), daemon=True).start()
@@ -210,6 +212,14 @@ class SubprocessRunner:
         kill_process_tree(process, self.kill_grace_s)
 
 
+def process_group_options(system: str = os.name) -> dict[str, object]:
+    """``Popen`` keywords that make the child lead its own process group: a new session on POSIX;
+    on Windows a new process group and no console window (as ``slicer.util.launchConsoleProcess``)."""
+    if system == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": WINDOWS_NEW_PROCESS_GROUP | WINDOWS_NO_WINDOW}
+
+
 def runner_for(command: CliCommand, kill_grace_s: float = 2.0) -> SubprocessRunner:
     """A runner that starts ``command``'s argument lists in the package folder with its environment."""
     return SubprocessRunner(cwd=command.package_parent, env=command.environment(), kill_grace_s=kill_grace_s)
@@ -233,7 +243,12 @@ def kill_process_tree(process: subprocess.Popen, grace_s: float = 2.0) -> None:
 
         threading.Thread(target=finish, daemon=True).start()
     else:
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+        kill_windows_tree(process.pid)
+
+
+def kill_windows_tree(pid: int) -> None:
+    """``taskkill`` the process ``pid`` and its children, without opening a console window."""
+    subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False, creationflags=WINDOWS_NO_WINDOW)
 
 
 def _signal_group(pid: int, signum: int) -> None:
