@@ -6,9 +6,9 @@ import os
 import numpy as np
 
 from .boxes import Box
+from .colours import BOX_COLOURS, LANDMARK_COLOUR
 from .stage1 import Stage1Result
 
-BOX_COLOURS = {"segmentation": "#4e9bff", "landmarks": "#ff9f1c", "crop": "#2ec46d"}
 LABEL_COLOURS = {1: (0.86, 0.38, 0.27), 2: (0.95, 0.85, 0.2)}
 
 
@@ -17,8 +17,8 @@ def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx:
     """Write a PNG: an axial and a coronal working-frame slice through the crop's centre.
 
     ``normalized_zyx`` is the [0, 1] CT and ``labels_zyx`` the labels, both ``[z, y, x]`` in the
-    working frame. Boxes: segmentation (blue), landmarks (orange), crop (green); landmarks as
-    dots; kidney red, tumor yellow. Needs matplotlib (a 'cli' extra).
+    working frame. Boxes and landmarks in the colours of :mod:`colours`; kidney red, tumor
+    yellow. Needs matplotlib (a 'cli' extra).
     """
     import matplotlib
 
@@ -48,11 +48,11 @@ def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx:
             if box is None:
                 continue
             axis.add_patch(Rectangle((box.start[col_axis] - 0.5, box.start[row_axis] - 0.5), box.size[col_axis], box.size[row_axis],
-                                     fill=False, edgecolor=BOX_COLOURS[name], linewidth=1.5, label=name))
+                                     fill=False, edgecolor=BOX_COLOURS[name].hex, linewidth=1.5, label=name))
         if stage1 is not None:
             near = [lm for lm in stage1.landmarks if abs(lm.zyx[cut] - centre[cut]) <= 2]
             if near:
-                axis.scatter([lm.zyx[col_axis] for lm in near], [lm.zyx[row_axis] for lm in near], s=12, c="#ff3cac", label="landmarks")
+                axis.scatter([lm.zyx[col_axis] for lm in near], [lm.zyx[row_axis] for lm in near], s=12, c=LANDMARK_COLOUR.hex, label="landmarks")
         axis.set_title(f"{title} slice {centre[cut]} (working frame)", color="white")
         axis.axis("off")
     axes[0].legend(loc="lower right", fontsize=8, facecolor="black", labelcolor="white")

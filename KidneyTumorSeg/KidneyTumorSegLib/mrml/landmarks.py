@@ -6,10 +6,10 @@ from typing import Any
 
 import vtk
 
+from ..colours import LANDMARK_COLOUR
 from ..locate_result import LandmarkPoint
 
 POINT_LIST_NODE = "vtkMRMLMarkupsFiducialNode"
-LANDMARK_COLOR = (0.0, 0.8, 1.0)  # cyan
 
 
 def show_landmarks(node: Any | None, points: Sequence[LandmarkPoint], scene: Any, name: str) -> Any:
@@ -30,8 +30,8 @@ def show_landmarks(node: Any | None, points: Sequence[LandmarkPoint], scene: Any
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
-    display.SetColor(*LANDMARK_COLOR)
-    display.SetSelectedColor(*LANDMARK_COLOR)
+    display.SetColor(*LANDMARK_COLOUR.rgb)
+    display.SetSelectedColor(*LANDMARK_COLOUR.rgb)
     display.SetPointLabelsVisibility(True)
     return node
 

@@ -7,6 +7,7 @@ from typing import Any
 import vtk
 
 from ..boxes import Box
+from ..colours import BOX_COLOURS
 from ..geometry import WorkingFrame
 from ..locate_result import RasBox
 
@@ -22,9 +23,9 @@ class RoiStyle:
     locked: bool
 
 
-SEGMENTATION_BOX = RoiStyle(color=(1.0, 0.55, 0.0), locked=True)  # orange: stage 1's foreground box
-LANDMARK_BOX = RoiStyle(color=(0.75, 0.3, 1.0), locked=True)  # violet: the landmarks' extent
-CROP_BOX = RoiStyle(color=(1.0, 0.9, 0.1), locked=False)  # yellow: what stage 2 sees, editable
+SEGMENTATION_BOX = RoiStyle(color=BOX_COLOURS["segmentation"].rgb, locked=True)
+LANDMARK_BOX = RoiStyle(color=BOX_COLOURS["landmarks"].rgb, locked=True)
+CROP_BOX = RoiStyle(color=BOX_COLOURS["crop"].rgb, locked=False)  # what stage 2 sees, editable
 
 
 def roi_ras_box(roi: Any) -> RasBox:
