@@ -430,3 +430,17 @@ def test_segment_folder_writes_a_slicer_segmentation_per_case(case, tmp_path):
 
     with pytest.raises(RuntimeError, match="unrecognized arguments"):
         segment_folder(inputs, outputs, FailingRunner())
+
+
+def test_a_bundle_folder_is_remembered_once_after_a_successful_run_only(setup, tmp_path):
+    _, volume, runner, controller, _, _ = setup
+    controller.update(input_volume=volume, bundle_path=str(tmp_path / "my bundle"), show_3d=False)
+    assert controller.segment()
+    runner.finish(1, "kidneytumorseg: error: bundle folder not found")
+    controller.poll()
+    assert controller.bundle_to_remember() == ""
+    locate(controller, runner)
+    assert controller.bundle_to_remember() == str(tmp_path / "my bundle") and controller.bundle_to_remember() == ""
+    controller.update(bundle_path="")  # the shipped bundle: nothing to remember
+    locate(controller, runner)
+    assert controller.bundle_to_remember() == ""

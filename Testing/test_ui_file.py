@@ -40,6 +40,7 @@ EXPECTED_WIDGETS = {
     "segmentButton": "QPushButton",
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
+    "installDependenciesButton": "QPushButton",
 }
 NODE_TYPES = {
     "inputVolumeSelector": ["vtkMRMLScalarVolumeNode"],

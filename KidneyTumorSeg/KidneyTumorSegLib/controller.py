@@ -166,6 +166,7 @@ class Controller:
         self.error = ""
         self.decisions: tuple[str, ...] = ()
         self.measurements: dict[str, Any] | None = None
+        self._bundle_used = ""
 
     # -- parameters --------------------------------------------------------------------------
     @property
@@ -305,6 +306,12 @@ class Controller:
             time.sleep(interval_s)
         return self.state
 
+    def bundle_to_remember(self) -> str:
+        """The bundle folder of the run that just succeeded, once; "" after a failure, a cancel or
+        with the shipped bundle. The panel adds it to the folder box's history."""
+        bundle, self._bundle_used = self._bundle_used, ""
+        return bundle
+
     def close(self) -> None:
         """Cancel any run and delete the temporary files."""
         self.cancel()
@@ -350,6 +357,7 @@ class Controller:
 
     def _end(self, job: _Job, outcome: State, error: str = "") -> None:
         self._job, self._outcome, self.error, self.message = None, outcome, error, ""
+        self._bundle_used = self.parameters.bundle_path if outcome in (State.LOCATED, State.DONE) else ""
         shutil.rmtree(job.folder, ignore_errors=True)
         if error:
             logger.error("KidneyTumorSeg: %s", error)
