@@ -26,7 +26,7 @@ from KidneyTumorSegLib.mrml.scene import module_parameter_node, new_headless_sce
 from KidneyTumorSegLib.mrml.segmentation import segment_id, segment_terminology, segmentation_labels  # noqa: E402
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
 from KidneyTumorSegLib.mrml.volumes import add_volume  # noqa: E402
-from KidneyTumorSegLib.report import box_from_json, stage1_json  # noqa: E402
+from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result  # noqa: E402
 
 
@@ -98,8 +98,9 @@ def fake_stage1(labels: np.ndarray, affine: np.ndarray):
     return frame, working, Stage1Result(seg, landmark_box, seg, None, crop, landmarks, ("widths agree: segmentation box used",))
 
 
-def play(runner: FakeRunner, code: int = 0) -> None:
-    """Do what the command line would do for the runner's command, then report its end."""
+def play(runner: FakeRunner, code: int = 0, demo: bool = False) -> None:
+    """Do what the command line would do for the runner's command (with a ``demo`` bundle or not),
+    then report its end."""
     image = read_image(runner.argv[4])
     labels = labels_of(image)
     frame, working, stage1 = fake_stage1(labels, image.affine)
@@ -114,7 +115,9 @@ def play(runner: FakeRunner, code: int = 0) -> None:
         inside[crop.slices] = working[crop.slices]
         result = labels_to_source(inside, frame)
         write_label_map(output, result, image.affine)
-        Path(runner.option("--report")).write_text(json.dumps({"measurements": measure(result, image.affine)}))
+        finding = kidney_finding(result, stage1 if box_file is None else None, bool(labels.any()))
+        Path(runner.option("--report")).write_text(json.dumps({"measurements": measure(result, image.affine), **finding,
+                                                               "bundle": {"demo": demo}}))
     runner.emit({"type": "done", "output": str(output)})
     runner.finish(code)
 
@@ -444,3 +447,32 @@ def test_a_bundle_folder_is_remembered_once_after_a_successful_run_only(setup, t
     controller.update(bundle_path="")  # the shipped bundle: nothing to remember
     locate(controller, runner)
     assert controller.bundle_to_remember() == ""
+
+
+def test_an_empty_result_says_so_with_stage_1s_decision(setup, case):
+    _, volume, runner, controller, _, _ = setup
+    controller.update(input_volume=volume, show_3d=False)
+    locate(controller, runner)
+    assert "green crop box" in controller.status()
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    corner = (bounds[0], bounds[2], bounds[4])  # a corner of the image, away from both kidneys
+    set_roi_box(controller.parameters.crop_roi, RasBox(corner, tuple(v + 8 for v in corner)))
+    assert controller.segment()
+    play(runner)
+    controller.poll()
+    assert controller.state is State.DONE
+    assert not segmentation_labels(controller.parameters.output_segmentation, volume)[0].any()
+    status = controller.status()
+    assert status.startswith("Done: no kidney found, the segmentation is empty")
+    assert "the crop box was given" in status and DEMO_NOTICE not in status
+
+
+def test_a_result_of_the_demo_bundle_is_named_a_demo(setup):
+    _, volume, runner, controller, _, _ = setup
+    controller.update(input_volume=volume, show_3d=False)
+    assert controller.segment()
+    play(runner, demo=True)
+    controller.poll()
+    assert controller.state is State.DONE and controller.status().startswith("Done: kidneys ")
+    assert controller.status().endswith(f"{DEMO_NOTICE}.")

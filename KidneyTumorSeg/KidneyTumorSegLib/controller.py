@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .colours import BOX_COLOURS
 from .imageio import read_image
 from .locate_result import LocateOutcome
 from .mrml.landmarks import show_landmarks
@@ -29,6 +30,7 @@ from .mrml.segmentation import fill_segmentation, has_segments, link_to_volume, 
 from .mrml.table import TABLE_NODE, fill_measurements_table
 from .mrml.volumes import volume_affine, write_volume_nifti
 from .process import CliCommand, DoneEvent, ProcessRunner, ProgressEvent, RunOptions, parse_line
+from .report import DEMO_NOTICE, made_by_demo
 from .settings import DEFAULT_SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ class Controller:
         self.error = ""
         self.decisions: tuple[str, ...] = ()
         self.measurements: dict[str, Any] | None = None
+        self.report: dict[str, Any] = {}
         self._bundle_used = ""
 
     # -- parameters --------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class Controller:
                 set_visible(node, False)
             new = dataclasses.replace(new, crop_roi=None, segmentation_roi=None, landmark_roi=None, landmarks=None,
                                       output_segmentation=None, results_table=None)
-            self._outcome, self.decisions, self.measurements = None, (), None
+            self._outcome, self.decisions, self.measurements, self.report = None, (), None, {}
         self._store(new)
         self._show_markups(new)
         self.message = ""
@@ -229,11 +232,12 @@ class Controller:
         state = self.state
         if state in RUNNING or self.message:
             return self.message
+        if state is State.DONE:
+            return _summary(self.report)
         return {
             State.NO_INPUT: "Select a CT volume.",
             State.READY: "Ready: Locate shows stage 1's boxes; Segment runs the whole cascade.",
-            State.LOCATED: "Located: drag the yellow crop box if needed, then Segment.",
-            State.DONE: _summary(self.measurements),
+            State.LOCATED: f"Located: drag the {BOX_COLOURS['crop'].name} crop box if needed, then Segment.",
             State.CANCELLED: "Cancelled: the scene was left as it was.",
             State.FAILED: f"Failed: {self.error}",
         }[state]
@@ -393,7 +397,7 @@ class Controller:
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
         fill_measurements_table(table, report["measurements"])
         self._store(dataclasses.replace(p, output_segmentation=target, results_table=table))
-        self.measurements = report["measurements"]
+        self.measurements, self.report = report["measurements"], report
 
     # -- temporary files -------------------------------------------------------------------------
     def _job_folder(self) -> Path:
@@ -417,11 +421,17 @@ def _same_node(a: Any, b: Any) -> bool:
     return a is b or (a is not None and b is not None and a.GetID() == b.GetID())
 
 
-def _summary(measurements: dict[str, Any] | None) -> str:
-    if not measurements:
-        return "Done."
-    return (f"Done: kidneys {measurements['kidney_ml']['total']:.0f} mL, {measurements['tumor_count']} tumor(s), "
-            f"largest {measurements['largest_tumor_diameter_mm']:.0f} mm (see the results table).")
+def _summary(report: dict[str, Any]) -> str:
+    """The status line of a finished segmentation: what it found, or that it found nothing, and
+    whether a demo bundle made it."""
+    if report.get("kidney_found") is False:
+        text = (f"Done: no kidney found, the segmentation is empty ({report.get('stage1_decision', '')}). "
+                "Drag the crop box over the kidneys and Segment again.")
+    else:
+        measurements = report["measurements"]
+        text = (f"Done: kidneys {measurements['kidney_ml']['total']:.0f} mL, {measurements['tumor_count']} tumor(s), "
+                f"largest {measurements['largest_tumor_diameter_mm']:.0f} mm (see the results table).")
+    return f"{text} {DEMO_NOTICE}." if made_by_demo(report) else text
 
 
 def _error_line(stderr: str, code: int) -> str:

@@ -13,8 +13,9 @@ LABEL_COLOURS = {1: (0.86, 0.38, 0.27), 2: (0.95, 0.85, 0.2)}
 
 
 def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx: np.ndarray,
-                crop: Box, stage1: Stage1Result | None, spacing_zyx: tuple[float, float, float]) -> None:
-    """Write a PNG: an axial and a coronal working-frame slice through the crop's centre.
+                crop: Box, stage1: Stage1Result | None, spacing_zyx: tuple[float, float, float], title: str = "") -> None:
+    """Write a PNG: an axial and a coronal working-frame slice through the crop's centre, under
+    ``title`` (what the result must say about itself, e.g. made by a demo bundle; none when "").
 
     ``normalized_zyx`` is the [0, 1] CT and ``labels_zyx`` the labels, both ``[z, y, x]`` in the
     working frame. Boxes and landmarks in the colours of :mod:`colours`; kidney red, tumor
@@ -56,6 +57,8 @@ def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx:
         axis.set_title(f"{title} slice {centre[cut]} (working frame)", color="white")
         axis.axis("off")
     axes[0].legend(loc="lower right", fontsize=8, facecolor="black", labelcolor="white")
+    if title:
+        figure.suptitle(title, color="#ffd000", fontsize=13, fontweight="bold")
     figure.tight_layout()
     figure.savefig(os.fspath(path), dpi=100, facecolor="black")
     plt.close(figure)

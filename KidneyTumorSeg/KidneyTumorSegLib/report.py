@@ -1,13 +1,18 @@
-"""JSON views of cascade results: boxes in the input's voxels and in RAS, landmarks, reports."""
+"""JSON views of cascade results: boxes in the input's voxels and in RAS, landmarks, reports, and
+what a result must say about itself (no kidney found, made by a demo bundle)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .boxes import Box
 from .geometry import WorkingFrame, index_to_world
+from .settings import LABEL_BACKGROUND
 from .stage1 import Stage1Result
+
+DEMO_NOTICE = "Made with a DEMO bundle trained on synthetic phantoms: not for clinical use"
 
 
 def box_json(box: Box | None, frame: WorkingFrame) -> dict[str, Any] | None:
@@ -85,3 +90,32 @@ def stage1_json(result: Stage1Result, frame: WorkingFrame) -> dict[str, Any]:
         ],
         "decisions": list(result.decisions),
     }
+
+
+def kidney_finding(labels: np.ndarray, stage1: Stage1Result | None, stage1_marked_kidney: bool | None) -> dict[str, Any]:
+    """``{"kidney_found": ..., "stage1_decision": ...}`` of a result: whether ``labels`` (any grid,
+    0/1/2) hold any kidney or tumor voxel, and in one sentence what stage 1 decided on the way:
+    whether it marked any kidney (``stage1_marked_kidney``, None when it did not run) and how the
+    crop was chosen (its rules' decisions, or that the crop was given)."""
+    parts = []
+    if stage1_marked_kidney is False:
+        parts.append("stage 1 marked no kidney voxel in the image")
+    parts.extend(stage1.decisions if stage1 is not None else ["the crop box was given, not chosen by stage 1"])
+    return {"kidney_found": bool(np.any(np.asarray(labels) != LABEL_BACKGROUND)), "stage1_decision": "; ".join(parts)}
+
+
+def result_notes(report: Mapping[str, Any]) -> list[str]:
+    """What a result must say wherever it is shown: that no kidney was found (and what stage 1
+    decided), and that a demo bundle made it. ``report`` holds :func:`kidney_finding`'s fields and
+    ``bundle.demo``."""
+    notes = []
+    if report.get("kidney_found") is False:
+        notes.append(f"No kidney found ({report.get('stage1_decision', '')})")
+    if made_by_demo(report):
+        notes.append(DEMO_NOTICE)
+    return notes
+
+
+def made_by_demo(report: Mapping[str, Any]) -> bool:
+    """Whether the report's bundle is a demo bundle (``"demo": true`` in its manifest)."""
+    return bool((report.get("bundle") or {}).get("demo"))

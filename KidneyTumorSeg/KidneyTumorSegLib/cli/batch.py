@@ -12,6 +12,7 @@ from pathlib import Path
 from ..cascade import Cascade
 from ..imageio import atomic_output, read_image, write_label_map
 from ..measurements import measure
+from ..report import kidney_finding
 from ..validation import check_ct
 from .cases import find_cases
 from .segment import add_model_options, inference_options, open_bundle
@@ -19,7 +20,8 @@ from .segment import add_model_options, inference_options, open_bundle
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
-SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_ml", "tumor_ml", "tumor_count", "largest_tumor_diameter_mm", "error")
+SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", "kidney_ml", "tumor_ml", "tumor_count", "largest_tumor_diameter_mm",
+                  "error")
 
 
 def add_batch_parser(commands: argparse._SubParsersAction) -> None:
@@ -38,7 +40,8 @@ def run_batch(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(args.output_dir, os.W_OK):
         raise PermissionError(f"{args.output_dir}: output folder is not writable")
-    cascade = Cascade(open_bundle(args), inference_options(args))
+    bundle = open_bundle(args)
+    cascade = Cascade(bundle, inference_options(args))
     rows = []
     for number, (name, path) in enumerate(cases.items(), start=1):
         output = args.output_dir / f"{name}.nii.gz"
@@ -50,12 +53,17 @@ def run_batch(args: argparse.Namespace) -> int:
         try:
             image = read_image(path)
             check_ct(image, force=args.force)
-            result = cascade.segment(image)
+            case = cascade.prepare(image)
+            result = cascade.segment(image, case=case)
             measured = measure(result.labels, image.affine)
+            finding = kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any()))
+            if not finding["kidney_found"]:
+                logger.warning("%s: no kidney found (%s)", name, finding["stage1_decision"])
             write_label_map(output, result.labels, image.affine, overwrite=args.overwrite)
             with atomic_output(args.output_dir / f"{name}.json", overwrite=True) as report:
-                report.write_text(json.dumps({"measurements": measured, "seconds": result.timings}, indent=2), encoding="utf-8")
-            rows.append({"case": name, "status": "ok", "seconds": round(time.perf_counter() - start, 2),
+                report.write_text(json.dumps({**finding, "bundle": {"demo": bundle.is_demo}, "measurements": measured,
+                                              "seconds": result.timings}, indent=2), encoding="utf-8")
+            rows.append({"case": name, "status": "ok", "seconds": round(time.perf_counter() - start, 2), "kidney_found": finding["kidney_found"],
                          "kidney_ml": round(measured["kidney_ml"]["total"], 2), "tumor_ml": round(measured["tumor_ml"]["total"], 2),
                          "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1)})
         except Exception as error:  # a failing case is reported and the batch goes on

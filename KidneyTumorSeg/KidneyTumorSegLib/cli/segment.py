@@ -18,7 +18,7 @@ from ..geometry import WorkingFrame, working_frame_for
 from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_label_map
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
-from ..report import box_from_json, box_json, stage1_json
+from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, stage1_json
 from ..settings import DEFAULT_SETTINGS, MethodSettings
 from ..validation import InputError, check_ct
 from .display import MODES, ProgressDisplay
@@ -172,6 +172,7 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "models": list(result.models),
         "crop": box_json(result.crop_box, case.frame),
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
+        **kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
         "measurements": measure(result.labels, case.image.affine),
         "seconds": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
         "peak_rss_mb": peak_rss_mb(),
@@ -191,7 +192,8 @@ def write_outputs(result: SegmentationResult, case: PreparedCase, args: argparse
             from ..qa import save_qa_png
 
             qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
-            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing)
+            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing,
+                        title="; ".join(result_notes(report or {})))
 
 
 def write_result(temporary: Path, labels, affine, destination: Path) -> None:
@@ -243,6 +245,9 @@ def run_segment(args: argparse.Namespace) -> int:
         report = segmentation_report(result, case, bundle, time.perf_counter() - start)
         write_outputs(result, case, args, report)
         display.done(output=str(args.output))
+    if not report["kidney_found"]:
+        logger.warning("%s: no kidney found: the result is empty (%s). Check the crop with --qa, or give one with --box",
+                       args.image, report["stage1_decision"])
     logger.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
     return 0
 
@@ -266,6 +271,7 @@ def run_locate(args: argparse.Namespace) -> int:
                 from ..qa import save_qa_png
 
                 qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
-                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame.spacing)
+                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame.spacing,
+                            title=DEMO_NOTICE if bundle.is_demo else "")
         display.done(output=str(args.output))
     return 0
