@@ -57,7 +57,7 @@ def test_an_empty_result_warns_and_its_report_and_qa_picture_say_why(empty, tmp_
     assert code == 0
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["kidney_found"] is False and data["measurements"]["kidney_ml"]["total"] == 0
-    assert data["stage1_decision"].startswith("stage 1 marked no kidney voxel in the image; no foreground: landmark box used")
+    assert data["stage1_decision"] == "stage 1 marked no kidney voxel, only landmarks: landmark box used"
     assert data["bundle"]["demo"] is True
     warning = next(r.getMessage() for r in caplog.records if "no kidney found" in r.getMessage())
     assert str(empty["ct"]) in warning and data["stage1_decision"] in warning
@@ -70,7 +70,7 @@ def test_the_command_line_prints_the_warning_on_stderr_and_exits_0(empty, tmp_pa
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout == ""
     warning = next(line for line in done.stderr.splitlines() if "no kidney found" in line)
-    assert warning.startswith("WARNING: ") and "the result is empty (stage 1 marked no kidney voxel" in warning
+    assert warning.startswith("WARNING: ") and "the result is empty (stage 1 marked no kidney voxel, only landmarks" in warning
 
 
 def test_a_result_with_kidney_of_a_trained_bundle_carries_no_note(tmp_path, capsys, caplog):
@@ -104,6 +104,7 @@ def test_batch_marks_the_empty_case_in_its_row_and_report(empty, tmp_path, caplo
 def test_kidney_finding_names_a_given_crop_and_counts_tumor_as_kidney():
     labels = np.zeros((4, 4, 4), np.uint8)
     assert kidney_finding(labels, None, None) == {"kidney_found": False, "stage1_decision": "the crop box was given, not chosen by stage 1"}
+    assert kidney_finding(labels, None, False)["stage1_decision"].endswith("; stage 1 marked no kidney voxel in the image")
     labels[1, 1, 1] = 2
     assert kidney_finding(labels, None, True)["kidney_found"] is True
 

@@ -94,13 +94,15 @@ def stage1_json(result: Stage1Result, frame: WorkingFrame) -> dict[str, Any]:
 
 def kidney_finding(labels: np.ndarray, stage1: Stage1Result | None, stage1_marked_kidney: bool | None) -> dict[str, Any]:
     """``{"kidney_found": ..., "stage1_decision": ...}`` of a result: whether ``labels`` (any grid,
-    0/1/2) hold any kidney or tumor voxel, and in one sentence what stage 1 decided on the way:
-    whether it marked any kidney (``stage1_marked_kidney``, None when it did not run) and how the
-    crop was chosen (its rules' decisions, or that the crop was given)."""
-    parts = []
-    if stage1_marked_kidney is False:
-        parts.append("stage 1 marked no kidney voxel in the image")
-    parts.extend(stage1.decisions if stage1 is not None else ["the crop box was given, not chosen by stage 1"])
+    0/1/2) hold any kidney or tumor voxel, and in one sentence what stage 1 decided on the way: its
+    rules' decisions when it chose the crop; else that the crop was given, and whether stage 1's
+    segmentation head marked any kidney in the image (``stage1_marked_kidney``, None: not run)."""
+    if stage1 is not None:
+        parts = list(stage1.decisions)
+    else:
+        parts = ["the crop box was given, not chosen by stage 1"]
+        if stage1_marked_kidney is not None:
+            parts.append("stage 1 marked " + ("kidney" if stage1_marked_kidney else "no kidney voxel") + " in the image")
     return {"kidney_found": bool(np.any(np.asarray(labels) != LABEL_BACKGROUND)), "stage1_decision": "; ".join(parts)}
 
 
