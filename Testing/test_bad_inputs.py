@@ -224,6 +224,8 @@ def test_refused_input(name: str, bundle: Path, tmp_path: Path, capsys, model_ru
     ({"ijk": [[5, 0], [0, 5], [0, 5]]}, "ranges must run low to high"),
     ({"ijk": [[0.5, 5], [0, 5], [0, 5]]}, "box 'ijk' must be three inclusive ranges"),
     ({"crop": {}}, "neither 'ras' nor 'ijk'"),
+    ({"ijk": [[0, 40], [0, 40], [0, 10]], "ras": [[20, 10, 0], [40, 30, 20]]},
+     "the crop box's 'ijk' [[0, 40], [0, 40], [0, 10]] and 'ras' [[20, 10, 0], [40, 30, 20]] disagree"),
 ])
 def test_malformed_box_files(content, message, bundle: Path, tmp_path: Path, capsys, model_runs) -> None:
     _good(tmp_path)
@@ -268,7 +270,7 @@ def test_existing_report_is_left_untouched(bundle: Path, tmp_path: Path, capsys,
 @pytest.mark.parametrize("option, value, message", [
     ("--overlap", "1.0", "--overlap must be in [0, 1)"),
     ("--batch-size", "0", "--batch-size must be"),
-    ("--members", "KT,T9", "unknown ensemble members: T9"),
+    ("--members", "KT,T9", "unknown ensemble members: T9 (valid: KT, K1, K2, T-vnet, T-unet, T2D-ax-dice, "),
 ])
 def test_bad_model_options(option: str, value: str, message: str, bundle: Path, tmp_path: Path, capsys, model_runs) -> None:
     _good(tmp_path)

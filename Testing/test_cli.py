@@ -5,7 +5,7 @@ and whose KT and K1 mark everything: every box below is then known exactly.
 """
 from __future__ import annotations
 
-import csv
+import argparse
 import json
 import os
 import subprocess
@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from KidneyTumorSegLib.cli.main import build_parser, main
+from KidneyTumorSegLib.cli.main import build_parser
 from KidneyTumorSegLib.measurements import measure
 from KidneyTumorSegLib.metrics import kits_dice
+from KidneyTumorSegLib.report import rounded
 from KidneyTumorSegLib.stage1 import LANDMARK_NAMES
-from synthetic_cases import image_in, phantom_ct, steered_bundle, write_nifti
+from cli_helpers import REPO, cli_files, floats, model_args, no_leftovers, run
+from synthetic_cases import write_nifti
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-WORKING_SHAPE = (16, 64, 96)
 # The crop on the RAS input (i = 95 - x, j = 63 - y, k = 15 - z of the working frame): the
 # landmark box x 0..23, y 0..3 grown by 64 voxels, the whole z range.
 EXPECTED_CROP_IJK = [[8, 95], [0, 63], [0, 15]]
@@ -35,25 +35,7 @@ FULL_IJK = [[0, 95], [0, 63], [0, 15]]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cli")
-    image = image_in(phantom_ct(WORKING_SHAPE), "RAS")
-    bundle = steered_bundle(root / "bundle", ("stage1", "KT", "K1", "T-vnet"), {"stage1": 10.0, "KT": 10.0, "K1": 10.0},
-                            heat=1.0, kidney_patch=(16, 64, 64))
-    return {"ct": write_nifti(root / "ct.nii.gz", image.array, image.affine), "bundle": bundle}
-
-
-def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def model_args(files: dict[str, Path], progress: str = "none") -> list[str]:
-    return ["--bundle", str(files["bundle"]), "--device", "cpu", "--progress", progress]
-
-
-def no_leftovers(folder: Path) -> None:
-    assert not [p.name for p in folder.iterdir() if ".part" in p.name]
+    return cli_files(tmp_path_factory.mktemp("cli"))
 
 
 # ---------------------------------------------------------------- help
@@ -65,6 +47,58 @@ def test_help_of_every_command(command: list[str], capsys: pytest.CaptureFixture
         build_parser().parse_args([*command, "--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith("usage: kidneytumorseg")
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Action]]:
+    """Every option and positional of ``parser`` and its subcommands, as (command, action)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [(name, a) for _, a in _actions(sub)]
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            found.append((parser.prog, action))
+    return found
+
+
+def test_every_option_and_positional_has_help_with_its_default() -> None:
+    actions = _actions(build_parser())
+    assert {command for command, _ in actions} >= {"segment", "locate", "batch", "summarize", "evaluate", "demo"}
+    for command, action in actions:
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help and len(action.help) > 10, f"{command} {name}: no help"
+        if action.option_strings and not action.required:
+            assert "default" in action.help, f"{command} {name}: the help states no default"
+
+
+@pytest.mark.parametrize("command", [[], ["segment"], ["batch"]])
+def test_help_says_what_the_labels_mean(command: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "1 = kidney" in text and "2 = tumor" in text
+
+
+def test_locate_takes_only_the_options_it_uses(capsys: pytest.CaptureFixture) -> None:
+    from KidneyTumorSegLib.cli.segment import method_settings
+
+    for option in (["--strict"], ["--min-tumor-pixels", "10"]):  # they change labels; locate writes none
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["locate", "in.nii.gz", "-o", "boxes.json", *option])
+        assert exit_.value.code == 2 and f"unrecognized arguments: {option[0]}" in capsys.readouterr().err
+    settings = method_settings(build_parser().parse_args(["locate", "in.nii.gz", "-o", "b.json", "--keep-all-components"]))
+    assert settings.stage1.support_components is False  # the refinement keeps every kidney region
+
+
+def test_the_command_lines_of_the_slicer_module_parse() -> None:
+    from KidneyTumorSegLib.process import CliCommand, RunOptions
+
+    command, options = CliCommand(), RunOptions(bundle="b", members=("KT",), min_tumor_pixels=32, keep_all_components=True)
+    for argv in (command.locate(Path("ct.nii.gz"), Path("boxes.json"), options),
+                 command.segment(Path("ct.nii.gz"), Path("seg.nii.gz"), options, Path("boxes.json"), Path("r.json")),
+                 command.batch(Path("cases"), Path("results"), options)):
+        args = build_parser().parse_args(argv[3:])  # past "python -m KidneyTumorSegLib.cli.main"
+        assert args.keep_all_components and args.members == "KT" and getattr(args, "min_tumor_pixels", 32) == 32
 
 
 # ---------------------------------------------------------------- segment and locate
@@ -98,7 +132,9 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert set(data["stage1"]["boxes"]) == {"segmentation", "landmarks", "chosen", "refined", "crop"}
     assert data["stage1"]["boxes"]["crop"] == data["crop"]
     assert data["stage1"]["boxes"]["segmentation"]["ijk"] == FULL_IJK
-    assert data["measurements"] == json.loads(json.dumps(measure(labels, written.affine)))
+    assert data["measurements"] == rounded(measure(labels, written.affine))
+    assert data["case"] == "ct" and data["image"] == str(files["ct"])
+    assert all(round(v, 3) == v for v in floats(data))  # every figure rounded to 3 places
     assert {"kidney_ml", "tumor_ml", "tumor_count", "tumors", "largest_tumor_diameter_mm"} <= set(data["measurements"])
     assert data["measurements"]["kidney_ml"]["total"] > 0  # KT marks the whole crop
     assert {"total", "prepare", "stage1", "KT", "T-vnet", "fusion"} <= set(data["seconds"]) and "K1" not in data["seconds"]
@@ -130,7 +166,8 @@ def test_locate_then_segment_in_its_box(files, tmp_path: Path, capsys) -> None:
     code, _, _ = run(capsys, "locate", files["ct"], "-o", boxes, *model_args(files))
     assert code == 0
     located = json.loads(boxes.read_text(encoding="utf-8"))
-    assert set(located) == {"boxes", "landmarks", "decisions"}
+    assert set(located) == {"note", "boxes", "landmarks", "decisions"}
+    assert "'ijk'" in located["note"] and "'ras'" in located["note"] and "delete the other" in located["note"]
     for name in ("segmentation", "landmarks", "crop"):
         assert np.array(located["boxes"][name]["ijk"]).shape == (3, 2)
         assert np.array(located["boxes"][name]["ras"]).shape == (2, 3)
@@ -148,6 +185,25 @@ def test_locate_then_segment_in_its_box(files, tmp_path: Path, capsys) -> None:
     assert np.all(labels[8:, :, :] > 0) and not labels[:8].any()  # everything in the crop, nothing outside
 
 
+def test_a_box_whose_ijk_was_edited_while_its_ras_stayed_is_refused(files, tmp_path: Path, capsys) -> None:
+    boxes = tmp_path / "boxes.json"
+    assert run(capsys, "locate", files["ct"], "-o", boxes, *model_args(files))[0] == 0
+    located = json.loads(boxes.read_text(encoding="utf-8"))
+    crop = located["boxes"]["crop"]
+    crop["ijk"] = [[20, 60], [10, 40], [2, 12]]  # shrunk by voxel index; 'ras' still the old box
+    boxes.write_text(json.dumps(located), encoding="utf-8")
+    out = tmp_path / "seg.nii.gz"
+    code, _, err = run(capsys, "segment", files["ct"], "-o", out, "--box", boxes, *model_args(files))
+    assert code == 1 and len(err.splitlines()) == 1
+    assert f"'ijk' {crop['ijk']} and 'ras' {crop['ras']} disagree" in err and "delete the one you did not edit" in err
+    assert not out.exists()
+    del crop["ras"]  # as the note says: keep the edited one
+    boxes.write_text(json.dumps(located), encoding="utf-8")
+    report = tmp_path / "report.json"
+    code, _, _ = run(capsys, "segment", files["ct"], "-o", out, "--report", report, "--box", boxes, *model_args(files))
+    assert code == 0 and json.loads(report.read_text(encoding="utf-8"))["crop"]["ijk"] == [[20, 60], [10, 40], [2, 12]]
+
+
 def test_segment_in_a_box_given_in_input_voxels(files, tmp_path: Path, capsys) -> None:
     box, report = tmp_path / "box.json", tmp_path / "report.json"
     box.write_text(json.dumps({"ijk": [[20, 60], [10, 40], [2, 12]]}), encoding="utf-8")
@@ -158,64 +214,6 @@ def test_segment_in_a_box_given_in_input_voxels(files, tmp_path: Path, capsys) -
     assert data["crop"]["ijk"] == [[20, 60], [10, 40], [2, 12]] and data["models"] == ["stage1", "KT"]
     labels = np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj)
     assert np.count_nonzero(labels) == 41 * 31 * 11
-
-
-# ---------------------------------------------------------------- batch
-
-
-def test_batch_reports_failures_and_resumes(files, tmp_path: Path, capsys) -> None:
-    cases, results = tmp_path / "cases", tmp_path / "results"
-    cases.mkdir()
-    (cases / "good.nii.gz").write_bytes(files["ct"].read_bytes())
-    (cases / "bad.nii.gz").write_text("not an image\n", encoding="utf-8")
-    code, stdout, _ = run(capsys, "batch", cases, results, *model_args(files, "json"))
-    assert code == 1
-    rows = {row["case"]: row for row in csv.DictReader(open(results / "summary.csv", encoding="utf-8"))}
-    assert rows["good"]["status"] == "ok" and float(rows["good"]["kidney_ml"]) > 0
-    assert rows["bad"]["status"] == "failed" and "cannot read image" in rows["bad"]["error"]
-    assert nib.load(results / "good.nii.gz").shape == (96, 64, 16)
-    assert "measurements" in json.loads((results / "good.json").read_text(encoding="utf-8"))
-    assert not (results / "bad.nii.gz").exists()
-    no_leftovers(results)
-    events = [json.loads(line) for line in stdout.splitlines()]
-    assert [e["model"] for e in events[:-1]] == ["bad", "good"] and events[-1]["type"] == "done"
-
-    before = (results / "good.nii.gz").stat().st_mtime_ns
-    code, _, _ = run(capsys, "batch", cases, results, "--resume", *model_args(files))
-    assert code == 1  # the bad case still fails
-    rows = {row["case"]: row for row in csv.DictReader(open(results / "summary.csv", encoding="utf-8"))}
-    assert rows["good"]["status"] == "skipped (done)" and rows["bad"]["status"] == "failed"
-    assert (results / "good.nii.gz").stat().st_mtime_ns == before
-
-
-def test_batch_reports_a_failed_write_for_its_case_and_goes_on(files, tmp_path: Path, capsys, monkeypatch) -> None:
-    from KidneyTumorSegLib.cli import batch
-
-    cases, results = tmp_path / "cases", tmp_path / "results"
-    cases.mkdir()
-    for name in "abc":
-        (cases / f"{name}.nii.gz").write_bytes(files["ct"].read_bytes())
-    write = batch.write_label_map
-
-    def write_failing_for_b(path, *rest, **options):
-        if Path(path).name == "b.nii.gz":
-            raise OSError("No space left on device")
-        return write(path, *rest, **options)
-
-    monkeypatch.setattr(batch, "write_label_map", write_failing_for_b)
-    code, _, _ = run(capsys, "batch", cases, results, *model_args(files))
-    assert code == 1
-    rows = list(csv.DictReader(open(results / "summary.csv", encoding="utf-8")))
-    assert [(r["case"], r["status"]) for r in rows] == [("a", "ok"), ("b", "failed"), ("c", "ok")]
-    assert rows[1]["error"] == "No space left on device"
-    assert sorted(p.name for p in results.glob("*.nii.gz")) == ["a.nii.gz", "c.nii.gz"]
-    assert not (results / "b.json").exists()
-    no_leftovers(results)
-
-
-def test_batch_of_an_empty_folder_fails(files, tmp_path: Path, capsys) -> None:
-    code, _, err = run(capsys, "batch", tmp_path, tmp_path / "out", *model_args(files))
-    assert code == 1 and "no images found" in err
 
 
 # ---------------------------------------------------------------- evaluate

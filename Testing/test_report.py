@@ -101,12 +101,22 @@ def test_ijk_path_is_exact_on_a_working_spacing_grid(orientation: str) -> None:
     assert box_from_json({"ijk": ijk}, frame) == box
 
 
-def test_ras_is_preferred_to_ijk() -> None:
-    frame = FRAMES["RAS"]
+@pytest.mark.parametrize("orientation", sorted(FRAMES))
+def test_ijk_and_ras_of_one_box_must_agree_within_a_voxel(orientation: str) -> None:
+    """A box as `locate` writes it (both) reads back; one whose 'ijk' was edited while its 'ras'
+    stayed (or the reverse) is refused, naming both: which one the user meant is unknown."""
+    frame = FRAMES[orientation]
     box = Box((2, 5, 7), (10, 40, 33))
     data = box_json(box, frame)
-    data["ijk"] = [[0, 1], [0, 1], [0, 1]]
     assert box_from_json(data, frame) == box
+    ijk = np.array(data["ijk"])
+    data["ijk"] = (ijk + [[0, 1], [0, 0], [0, 0]]).tolist()  # one voxel: rounding, accepted
+    assert box_from_json(data, frame) == box
+    data["ijk"] = (ijk + [[0, 2], [0, 0], [0, 0]]).tolist()  # two voxels: an edit
+    with pytest.raises(ValueError, match=r"'ijk' .* and 'ras' .* disagree .*delete the one you did not edit"):
+        box_from_json(data, frame)
+    del data["ras"]
+    assert box_from_json(data, frame) != box  # the edited 'ijk' alone is used
 
 
 def test_a_box_partly_outside_is_clipped() -> None:

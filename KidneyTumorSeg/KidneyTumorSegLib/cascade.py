@@ -119,7 +119,7 @@ class Cascade:
         members = options.members
         unknown = set(members or ()) - set(STAGE2_ORDER)
         if unknown:
-            raise ValueError(f"unknown ensemble members: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown ensemble members: {', '.join(sorted(unknown))} (valid: {', '.join(STAGE2_ORDER)})")
         self.members = tuple(r for r in STAGE2_ORDER if r in bundle.networks and (members is None or r in members or r == "KT"))
         self.timings: dict[str, float] = {}
         self._compiled: dict[str, nn.Module] = {}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cli.cases import find_cases
+from .cli.exits import EXIT_CASES_FAILED, EXIT_OK
 from .imageio import read_image
 from .mrml.segmentation_file import write_segmentation_file
 from .process import CliCommand, ProcessRunner, ProgressEvent, RunOptions, parse_line
@@ -21,10 +22,10 @@ def segment_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
                    idle: Callable[[], None] | None = None, on_progress: Progress | None = None) -> list[Path]:
     """Segment every case of ``input_dir`` (image files or KiTS19 case folders) into ``output_dir``.
 
-    Writes ``<case>.nii.gz`` (labels 0/1/2), ``<case>.json`` (measurements), ``<case>.seg.nrrd``
+    Writes ``<case>.nii.gz`` (labels 0/1/2), ``<case>.json`` (the report), ``<case>.seg.nrrd``
     and ``summary.csv``; a failing case is listed in the summary and skipped. Blocks until done
     (``idle`` runs between polls). Returns the ``.seg.nrrd`` paths. Existing outputs are kept
-    unless ``overwrite``.
+    unless ``overwrite``: the batch then runs only the cases without results (``--resume``).
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     cases = find_cases(input_dir)
@@ -39,15 +40,15 @@ def segment_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         if isinstance(event, ProgressEvent) and on_progress is not None:
             on_progress(event.fraction, event.model)
 
-    runner.start(command.batch(input_dir, output_dir, options, overwrite), on_line,
-                 lambda code, stderr: finished.update(code=code, stderr=stderr))
+    argv = command.batch(input_dir, output_dir, options, overwrite) + ([] if overwrite else ["--resume"])
+    runner.start(argv, on_line, lambda code, stderr: finished.update(code=code, stderr=stderr))
     while runner.poll():
         if idle is not None:
             idle()
         time.sleep(0.05)
     if not finished:
         raise RuntimeError("batch was cancelled")
-    if finished["code"] not in (0, 1):  # 1: some cases failed, the others are written
+    if finished["code"] not in (EXIT_OK, EXIT_CASES_FAILED):  # some cases failed: the others are written
         lines = [line for line in str(finished["stderr"]).splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"batch failed (exit code {finished['code']})")
     written = []

@@ -88,8 +88,12 @@ class RunOptions:
     min_tumor_pixels: int = 64
     keep_all_components: bool = False
 
-    def argv(self) -> list[str]:
-        args = ["--device", self.device, "--overlap", repr(float(self.overlap)), "--min-tumor-pixels", str(int(self.min_tumor_pixels))]
+    def argv(self, labels: bool = True) -> list[str]:
+        """The options as command-line arguments; ``labels`` False leaves out those only a command
+        that labels voxels takes (``locate`` labels none)."""
+        args = ["--device", self.device, "--overlap", repr(float(self.overlap))]
+        if labels:
+            args += ["--min-tumor-pixels", str(int(self.min_tumor_pixels))]
         if self.keep_all_components:
             args.append("--keep-all-components")
         if self.bundle:
@@ -112,7 +116,8 @@ class CliCommand:
 
     def locate(self, image: Path, output: Path, options: RunOptions) -> list[str]:
         """``locate IMAGE -o boxes.json``."""
-        return [*self._base("locate"), str(image), "-o", str(output), *options.argv(), "--progress", "json", "--overwrite"]
+        return [*self._base("locate"), str(image), "-o", str(output), *options.argv(labels=False), "--progress", "json",
+                "--overwrite"]
 
     def segment(self, image: Path, output: Path, options: RunOptions, box: Path | None = None, report: Path | None = None) -> list[str]:
         """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None)."""

@@ -35,8 +35,9 @@ def box_json(box: Box | None, frame: WorkingFrame) -> dict[str, Any] | None:
 def box_from_json(data: Any, frame: WorkingFrame) -> Box:
     """The working-frame crop box of a boxes JSON: ``{"boxes": {"crop": B}}`` or a bare ``B``.
 
-    ``B["ras"]`` (edge corners, mm) is used when present, else ``B["ijk"]`` (input voxels).
-    Raises ValueError (one line) for a malformed box or one wholly outside the image.
+    ``B["ras"]`` (edge corners, mm) or ``B["ijk"]`` (input voxels); when both are present they must
+    hold the same input voxels within :data:`AGREEMENT_VOXELS`. Raises ValueError (one line) for a
+    malformed box, two that disagree, or one wholly outside the image.
     """
     if not isinstance(data, dict):
         raise ValueError("box file must hold a JSON object ({'boxes': {'crop': {...}}} or {'ras': ...})")
@@ -44,21 +45,49 @@ def box_from_json(data: Any, frame: WorkingFrame) -> Box:
     box = boxes.get("crop") if isinstance(boxes, dict) else None
     if not isinstance(box, dict):
         raise ValueError("box file has no crop box (expected {'boxes': {'crop': {...}}} or {'ras': ...})")
+    has_ras, has_ijk = box.get("ras") is not None, box.get("ijk") is not None
+    if not (has_ras or has_ijk):
+        raise ValueError("box has neither 'ras' nor 'ijk'")
     try:
-        if "ras" in box:
-            corners = _numbers(box["ras"], float, (2, 3), "box 'ras' must be two finite corners [[x, y, z], [x, y, z]]")
-            return Box.from_ras_bounds(corners.min(axis=0), corners.max(axis=0), frame.affine, frame.shape)
-        if "ijk" in box:
-            ranges = _numbers(box["ijk"], int, (3, 2), "box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
-            if np.any(ranges[:, 1] < ranges[:, 0]):
-                raise ValueError("box 'ijk' ranges must run low to high")
-            on_input = Box(tuple(ranges[:, 0]), tuple(ranges[:, 1])).clipped(frame.source_shape)
-            return on_input.transformed(frame.source_to_working(), frame.shape)
+        from_ras = _box_from_ras(box["ras"], frame) if has_ras else None
+        from_ijk = _box_from_ijk(box["ijk"], frame) if has_ijk else None
     except ValueError as error:
         if "lies outside the image" in str(error):
             raise ValueError("the crop box lies wholly outside the image") from None
         raise
-    raise ValueError("box has neither 'ras' nor 'ijk'")
+    if from_ras is not None and from_ijk is not None:
+        _check_agreement(box, from_ras, frame)
+    return from_ras if from_ras is not None else from_ijk
+
+
+def _box_from_ras(corners: Any, frame: WorkingFrame) -> Box:
+    """Working-frame voxels whose centres lie between two RAS corners (mm)."""
+    points = _numbers(corners, float, (2, 3), "box 'ras' must be two finite corners [[x, y, z], [x, y, z]]")
+    return Box.from_ras_bounds(points.min(axis=0), points.max(axis=0), frame.affine, frame.shape)
+
+
+def _box_from_ijk(ranges: Any, frame: WorkingFrame) -> Box:
+    """Working-frame box holding the input voxels of three inclusive index ranges."""
+    array = _numbers(ranges, int, (3, 2), "box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
+    if np.any(array[:, 1] < array[:, 0]):
+        raise ValueError("box 'ijk' ranges must run low to high")
+    on_input = Box(tuple(array[:, 0]), tuple(array[:, 1])).clipped(frame.source_shape)
+    return on_input.transformed(frame.source_to_working(), frame.shape)
+
+
+AGREEMENT_VOXELS = 1
+"""'ijk' and 'ras' of one box may differ by this many input voxels at each end (rounding)."""
+
+
+def _check_agreement(box: dict[str, Any], from_ras: Box, frame: WorkingFrame) -> None:
+    """ValueError when a box's 'ras' corners hold other input voxels than its 'ijk' ranges
+    (by more than :data:`AGREEMENT_VOXELS`): one of the two was edited, and which is unknown."""
+    ras_on_input = box_json(from_ras, frame)["ijk"]
+    given = np.asarray(box["ijk"], dtype=int)
+    if ras_on_input is not None and np.abs(np.asarray(ras_on_input) - given).max() <= AGREEMENT_VOXELS:
+        return
+    raise ValueError(f"the crop box's 'ijk' {given.tolist()} and 'ras' {np.asarray(box['ras']).tolist()} disagree "
+                     f"(the 'ras' corners hold input voxels {ras_on_input}); delete the one you did not edit")
 
 
 def _numbers(values: Any, dtype: type, shape: tuple[int, int], message: str) -> np.ndarray:
@@ -70,6 +99,17 @@ def _numbers(values: Any, dtype: type, shape: tuple[int, int], message: str) -> 
     if array.shape != shape or not np.all(np.isfinite(array)) or (dtype is int and np.any(array != np.round(array))):
         raise ValueError(message)
     return array.astype(dtype)
+
+
+def rounded(data: Any, decimals: int = 3) -> Any:
+    """``data`` (JSON-like) with every float rounded to ``decimals`` places."""
+    if isinstance(data, float):
+        return round(data, decimals)
+    if isinstance(data, dict):
+        return {key: rounded(value, decimals) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [rounded(value, decimals) for value in data]
+    return data
 
 
 def stage1_json(result: Stage1Result, frame: WorkingFrame) -> dict[str, Any]:

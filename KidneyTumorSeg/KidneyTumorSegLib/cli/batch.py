@@ -1,94 +1,153 @@
-"""`batch`: every case of a folder through the cascade; failures are reported and skipped."""
+"""`batch`: every case of a folder through the cascade, one process or many shards; never loses a result.
+
+Per case it writes ``<case>.nii.gz`` and ``<case>.json`` (the `segment --report`) together, or
+``<case>.failed.json`` (the error) when the case fails; then ``summary.csv`` from every record in
+the output folder (summary.py).
+"""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
+import torch
+
+from ..bundle import ModelBundle
 from ..cascade import Cascade
-from ..imageio import atomic_output, read_image, write_label_map
-from ..measurements import measure
-from ..report import kidney_finding
+from ..imageio import OutputExistsError, atomic_output, read_image
 from ..validation import check_ct
 from .cases import find_cases
-from .segment import add_model_options, inference_options, open_bundle
+from .exits import EXIT_CASES_FAILED, EXIT_OK
+from .segment import LABEL_MEANING, add_model_options, inference_options, open_bundle, segmentation_report, write_outputs
+from .shards import Shard, shard_device, shard_from
+from .summary import failure_path, report_summary, write_summary
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_NAME = "summary.csv"
-SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", "kidney_ml", "tumor_ml", "tumor_count", "largest_tumor_diameter_mm",
-                  "error")
+DESCRIPTION = f"""\
+Segment every CT of a folder (image files, or KiTS19 case folders holding imaging.nii.gz).
+
+Per case: <case>.nii.gz (labels on the input's grid: {LABEL_MEANING})
+and <case>.json (the report of `segment --report`); a case that fails leaves <case>.failed.json (its error) and the
+batch goes on. No existing output is replaced without --overwrite: a folder that already holds
+results of these cases is refused unless --resume (run only the others) or --overwrite (run all).
+
+summary.csv: one row per case record in the output folder (status, seconds, whether any kidney was
+found, kidney and tumor mL, tumor count, largest tumor diameter, error), so a resumed or sharded run loses no row. When a
+summary.csv with other rows exists, the new summary goes beside it as summary-2.csv (-3, ...)
+unless --overwrite. Shards (--shard, torchrun, Slurm arrays) share one output folder; the last one
+to finish writes the summary, or run `kidneytumorseg summarize OUT`.
+
+Exit code: 0 every case of this run is done (now or before); 3 some cases failed (in the summary;
+the others are written); 1 an error before any case ran (nothing written); 2 a usage error;
+130 interrupted (finished cases are kept: rerun with --resume)."""
 
 
 def add_batch_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("batch", help="segment every case of a folder", description="Segment every CT of a folder (image files or KiTS19 case folders); writes <case>.nii.gz, <case>.json and summary.csv.")
-    parser.add_argument("input_dir", type=Path)
-    parser.add_argument("output_dir", type=Path)
-    parser.add_argument("--resume", action="store_true", help="skip cases whose output exists")
+    parser = commands.add_parser("batch", help="segment every case of a folder", description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input_dir", type=Path,
+                        help="folder of CT images (.nii.gz, .nii, .nrrd) or KiTS19 case folders (case_XXXXX/imaging.nii.gz)")
+    parser.add_argument("output_dir", type=Path,
+                        help="folder for <case>.nii.gz, <case>.json and summary.csv (created when missing)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the cases whose label map is already in the output folder and run the others "
+                             "(default: refuse a folder holding results of these cases)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run only every N-th case from the K-th (0 <= K < N), of the cases sorted by name "
+                             "(default: torchrun's RANK/WORLD_SIZE or a Slurm array's "
+                             "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else every case); with --device "
+                             "auto under torchrun each process takes GPU cuda:LOCAL_RANK")
     add_model_options(parser)
     parser.set_defaults(handler=run_batch)
 
 
+def label_path(folder: Path, case: str) -> Path:
+    return folder / f"{case}.nii.gz"
+
+
+def report_path(folder: Path, case: str) -> Path:
+    return folder / f"{case}.json"
+
+
+def refuse_existing_results(folder: Path, cases: list[str], resume: bool, overwrite: bool) -> None:
+    """Before any work: without --resume or --overwrite, a folder holding results of ``cases`` is refused."""
+    if resume or overwrite:
+        return
+    done = [case for case in cases if label_path(folder, case).exists()]
+    if done:
+        shown = ", ".join(done[:3]) + (", ..." if len(done) > 3 else "")
+        raise OutputExistsError(f"{folder}: already holds results of {len(done)} of these {len(cases)} cases ({shown}): "
+                                "--resume runs only the others, --overwrite runs them all again")
+
+
 def run_batch(args: argparse.Namespace) -> int:
-    cases = find_cases(args.input_dir)
-    if not cases:
+    found = find_cases(args.input_dir)
+    if not found:
         raise ValueError(f"{args.input_dir}: no images found (.nii.gz, .nii, .nrrd, or case folders with imaging.nii.gz)")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(args.output_dir, os.W_OK):
-        raise PermissionError(f"{args.output_dir}: output folder is not writable")
+    shard = shard_from(args.shard, os.environ)
+    cases = shard.take(sorted(found))
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out}: output folder is not writable")
+    refuse_existing_results(out, cases, args.resume, args.overwrite)
+    args.device = shard_device(args.device, os.environ, torch.cuda.device_count())
+    options = inference_options(args)
     bundle = open_bundle(args)
-    cascade = Cascade(bundle, inference_options(args))
-    rows = []
-    for number, (name, path) in enumerate(cases.items(), start=1):
-        output = args.output_dir / f"{name}.nii.gz"
-        if output.exists() and (args.resume or not args.overwrite):
-            status = "skipped (done)" if args.resume else "skipped (exists; use --overwrite or --resume)"
-            rows.append({"case": name, "status": status})
-            continue
-        start = time.perf_counter()
-        try:
-            image = read_image(path)
-            check_ct(image, force=args.force)
-            case = cascade.prepare(image)
-            result = cascade.segment(image, case=case)
-            measured = measure(result.labels, image.affine)
-            finding = kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any()))
-            if not finding["kidney_found"]:
-                logger.warning("%s: no kidney found (%s)", name, finding["stage1_decision"])
-            write_label_map(output, result.labels, image.affine, overwrite=args.overwrite)
-            with atomic_output(args.output_dir / f"{name}.json", overwrite=True) as report:
-                report.write_text(json.dumps({**finding, "bundle": {"demo": bundle.is_demo}, "measurements": measured,
-                                              "seconds": result.timings}, indent=2), encoding="utf-8")
-            rows.append({"case": name, "status": "ok", "seconds": round(time.perf_counter() - start, 2), "kidney_found": finding["kidney_found"],
-                         "kidney_ml": round(measured["kidney_ml"]["total"], 2), "tumor_ml": round(measured["tumor_ml"]["total"], 2),
-                         "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1)})
-        except Exception as error:  # a failing case is reported and the batch goes on
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            logger.error("%s: failed: %s", name, message)
-            rows.append({"case": name, "status": "failed", "seconds": round(time.perf_counter() - start, 2), "error": message})
-        if args.progress == "json":
-            print(json.dumps({"type": "progress", "fraction": number / len(cases), "stage": "batch", "model": name}), flush=True)
+    cascade = Cascade(bundle, options)
+    if shard.count > 1:
+        logger.info("shard %s (%s): %d of the %d cases, on %s", shard, shard.source, len(cases), len(found), cascade.device)
+    failed = 0
+    for number, case in enumerate(cases, start=1):
+        if label_path(out, case).exists() and not args.overwrite:
+            status = "done before"
         else:
-            logger.info("[%d/%d] %s: %s", number, len(cases), name, rows[-1]["status"])
-    write_summary(args.output_dir / SUMMARY_NAME, rows)
+            status = run_case(cascade, bundle, case, found[case], out, args)
+            failed += status == "failed"
+        if args.progress == "json":
+            print(json.dumps({"type": "progress", "fraction": number / len(cases), "stage": "batch", "model": case}), flush=True)
+        else:
+            logger.info("[%d/%d] %s: %s", number, len(cases), case, status)
+    return finish(out, found, shard, failed, args)
+
+
+def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path, out: Path, args: argparse.Namespace) -> str:
+    """Segment one case and write its label map and report together, or its failure record; "ok" or "failed"."""
+    start = time.perf_counter()
+    try:
+        image = read_image(image_path)
+        check_ct(image, force=args.force)
+        prepared = cascade.prepare(image)
+        result = cascade.segment(image, case=prepared)
+        report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path)
+        if not report["kidney_found"]:
+            logger.warning("%s: no kidney found (%s)", case, report["stage1_decision"])
+        write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case))
+    except Exception as error:  # a failing case is recorded and the batch goes on
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        logger.error("%s: failed: %s", case, message)
+        record = {"case": case, "image": str(image_path), "status": "failed", "error": message,
+                  "seconds": round(time.perf_counter() - start, 3)}
+        with atomic_output(failure_path(out, case), overwrite=True) as temporary:  # the case's latest failure
+            temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        return "failed"
+    failure_path(out, case).unlink(missing_ok=True)  # an earlier failure of this case is over
+    return "ok"
+
+
+def finish(out: Path, found: dict[str, Path], shard: Shard, failed: int, args: argparse.Namespace) -> int:
+    """Write the summary once every case of the folder has a record (the last shard to finish does);
+    the exit code of this run's cases."""
+    waiting = [case for case in found if not (label_path(out, case).exists() or failure_path(out, case).exists())]
+    if waiting:
+        logger.info("shard %s done; %d of the %d cases have no result yet: the last shard to finish, or "
+                    "`kidneytumorseg summarize %s`, writes the summary", shard, len(waiting), len(found), out)
+    else:
+        report_summary(*write_summary(out, args.overwrite))
     if args.progress == "json":
-        print(json.dumps({"type": "done", "output": str(args.output_dir)}), flush=True)
-    failed = [row for row in rows if row["status"] == "failed"]
-    for row in failed:
-        logger.error("failed: %s: %s", row["case"], row["error"])
-    logger.info("%d cases: %d ok, %d failed, %d skipped", len(rows), sum(r["status"] == "ok" for r in rows), len(failed),
-                sum(r["status"].startswith("skipped") for r in rows))
-    return 1 if failed else 0
-
-
-def write_summary(path: Path, rows: list[dict]) -> None:
-    """One CSV row per case (all statuses), written atomically."""
-    with atomic_output(path, overwrite=True) as temporary:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        print(json.dumps({"type": "done", "output": str(out)}), flush=True)
+    return EXIT_CASES_FAILED if failed else EXIT_OK

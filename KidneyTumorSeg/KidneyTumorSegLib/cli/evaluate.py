@@ -18,7 +18,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Compare predicted label maps with ground truth: two files, or two folders (cases matched by name).")
     parser.add_argument("prediction", type=Path, help="label map, or folder of them")
     parser.add_argument("truth", type=Path, help="ground-truth label map, or folder (files or KiTS19 case folders)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     parser.add_argument("--tolerance-mm", type=float, default=None, help="surface Dice tolerance (default 2 mm)")
     parser.set_defaults(handler=run_evaluate)
 

@@ -18,61 +18,104 @@ from ..geometry import WorkingFrame, working_frame_for
 from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_label_map
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
-from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, stage1_json
-from ..settings import DEFAULT_SETTINGS, MethodSettings
+from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, rounded, stage1_json
+from ..settings import DEFAULT_SETTINGS, LABEL_BACKGROUND, MethodSettings
 from ..validation import InputError, check_ct
+from .cases import case_name
 from .display import MODES, ProgressDisplay
 
 logger = logging.getLogger(__name__)
 
 LABEL_OUTPUTS = (".nii.gz", ".nii", ".nrrd")
 SEGMENTATION_OUTPUT = ".seg.nrrd"
+LABEL_MEANING = "0 = background, 1 = kidney, 2 = tumor"
+BOXES_NOTE = ("Each box is given twice: 'ijk' (inclusive voxel index ranges of the input image, as nibabel "
+              "indexes it) and 'ras' (two opposite corners in mm). `segment --box` reads boxes.crop: edit one of "
+              "the two and delete the other; when both are present they must agree within a voxel.")
+SUPPORT_HELP = ("keep stage 2's kidney regions that stage 1 did not see, in the labels and when refining the crop "
+                "(the paper's behaviour; use it when your --box holds a kidney stage 1 missed) (default: keep only "
+                "those stage 1 supports)")
+LOCATE_SUPPORT_HELP = ("refine the crop with every kidney region the stage-2 kidney models find, also those stage 1 "
+                       "did not see (the paper's behaviour) (default: only those stage 1 supports)")
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs models."""
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that runs models: which models, where, how, and the outputs."""
     parser.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default: the shipped demo bundle)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    parser.add_argument("--members", default=None, help="comma-separated stage-2 models to use, e.g. KT,K1,T-vnet (default: all in the bundle)")
+    parser.add_argument("--device", default="auto",
+                        help="auto | cpu | cuda[:N] (default auto: the GPU when there is one, else the CPU)")
+    parser.add_argument("--members", default=None,
+                        help=f"comma-separated stage-2 models to use, of {', '.join(STAGE2_ORDER)}; KT always runs "
+                             "(default: every one in the bundle)")
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=2, help="3D patches per batch (default 2)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile every network: minutes of compiling first, then faster (for long GPU batch runs)")
+                        help="torch.compile every network: minutes of compiling first, then faster, for long GPU "
+                             "batch runs (default off)")
+    parser.add_argument("--force", action="store_true",
+                        help="run even if the image does not look like CT (default: refuse it)")
+    parser.add_argument("--progress", choices=MODES, default="bar",
+                        help="bar (a terminal progress bar), json (JSON lines on stdout, for scripts and Slicer) or "
+                             "none (default bar)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse to)")
+
+
+def add_support_option(parser: argparse.ArgumentParser, help_text: str = SUPPORT_HELP) -> None:
+    parser.add_argument("--keep-all-components", action="store_true", help=help_text)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that segments (runs stage 2 and labels voxels)."""
+    add_run_options(parser)
     parser.add_argument("--min-tumor-pixels", type=int, default=DEFAULT_SETTINGS.fusion.min_tumor_component_pixels,
-                        help="keep per-slice tumor components larger than this (default 64)")
-    parser.add_argument("--strict", action="store_true", help="strict consensus: KT-only voxels become background, not kidney")
-    parser.add_argument("--keep-all-components", action="store_true",
-                        help="keep stage 2's kidney components that stage 1 did not see (the paper's behaviour; "
-                             "use it when your --box holds a kidney stage 1 missed)")
-    parser.add_argument("--force", action="store_true", help="segment even if the image does not look like CT")
-    parser.add_argument("--progress", choices=MODES, default="bar", help="bar (terminal), json (lines on stdout) or none")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+                        help="in each axial slice, keep tumor (label 2) regions larger than this many pixels; smaller "
+                             f"ones become kidney (label 1) (default {DEFAULT_SETTINGS.fusion.min_tumor_component_pixels})")
+    parser.add_argument("--strict", action="store_true",
+                        help="strict consensus: voxels only KT marks become background (0), not kidney (1) "
+                             "(default: kidney)")
+    add_support_option(parser)
 
 
 def add_segment_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("segment", help="segment kidneys and tumors in a CT", description="Segment kidneys and kidney tumors in one CT image.")
-    parser.add_argument("image", type=Path, help="CT image (.nii.gz, .nii or .nrrd)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="label map (.nii.gz/.nii/.nrrd: 0/1/2 on the input grid) or Slicer segmentation (.seg.nrrd)")
-    parser.add_argument("--box", default=None, help="boxes.json from `locate` (its crop box), or 'full' to skip stage 1")
-    parser.add_argument("--report", type=Path, default=None, help="write a JSON report (boxes, timings, volumes, tumor sizes)")
-    parser.add_argument("--qa", type=Path, default=None, help="write a QA picture (PNG) of boxes, landmarks and result")
+    parser = commands.add_parser("segment", help="segment kidneys and tumors in a CT",
+                                 description=f"Segment kidneys and kidney tumors in one CT image. Labels: {LABEL_MEANING}.")
+    parser.add_argument("image", type=Path, help="CT image (.nii.gz, .nii or .nrrd), in Hounsfield units")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help=f"label map on the input's grid (.nii.gz, .nii or .nrrd; {LABEL_MEANING}) or a Slicer "
+                             "segmentation with segments Kidney and Tumor (.seg.nrrd)")
+    parser.add_argument("--box", default=None,
+                        help="boxes.json from `locate` (its crop box, 'ijk' or 'ras'), or 'full' for the whole volume "
+                             "(default: stage 1 finds the box)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write a JSON report: boxes, timings, volumes of kidney (1) and tumor (2), tumor sizes "
+                             "(default: none)")
+    parser.add_argument("--qa", type=Path, default=None,
+                        help="write a QA picture (PNG) of boxes, landmarks and result (default: none)")
     add_model_options(parser)
     parser.set_defaults(handler=run_segment)
 
 
 def add_locate_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("locate", help="run stage 1 only: boxes and landmarks", description="Run stage 1 (localisation and mixed cropping) and write the boxes as JSON.")
-    parser.add_argument("image", type=Path, help="CT image (.nii.gz, .nii or .nrrd)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="boxes JSON")
-    parser.add_argument("--qa", type=Path, default=None, help="write a QA picture (PNG) of the boxes and landmarks")
-    add_model_options(parser)
+    parser = commands.add_parser("locate", help="run stage 1 only: boxes and landmarks",
+                                 description="Run stage 1 (localisation and mixed cropping) and write the boxes as JSON "
+                                             "for `segment --box`.")
+    parser.add_argument("image", type=Path, help="CT image (.nii.gz, .nii or .nrrd), in Hounsfield units")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="boxes JSON: the segmentation, landmark and crop boxes, each as 'ijk' and 'ras', and "
+                             "the landmarks")
+    parser.add_argument("--qa", type=Path, default=None,
+                        help="write a QA picture (PNG) of the boxes and landmarks (default: none)")
+    add_run_options(parser)
+    add_support_option(parser, LOCATE_SUPPORT_HELP)
     parser.set_defaults(handler=run_locate)
 
 
 def method_settings(args: argparse.Namespace) -> MethodSettings:
     """The method settings the command-line options select."""
-    fusion = dataclasses.replace(DEFAULT_SETTINGS.fusion, min_tumor_component_pixels=args.min_tumor_pixels,
-                                 kt_only_label=0 if args.strict else DEFAULT_SETTINGS.fusion.kt_only_label)
+    fusion = DEFAULT_SETTINGS.fusion
+    if "strict" in args:  # segmenting commands: `locate` labels nothing
+        fusion = dataclasses.replace(fusion, min_tumor_component_pixels=args.min_tumor_pixels,
+                                     kt_only_label=LABEL_BACKGROUND if args.strict else fusion.kt_only_label)
     stage1 = dataclasses.replace(DEFAULT_SETTINGS.stage1, support_components=not args.keep_all_components)
     return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion, stage1=stage1)
 
@@ -163,9 +206,12 @@ def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") ->
         raise ValueError(f"{source}: {error}") from None
 
 
-def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float) -> dict[str, Any]:
-    """The JSON report of one segmentation."""
+def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float,
+                        image_path: Path) -> dict[str, Any]:
+    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3 places)."""
     report: dict[str, Any] = {
+        "case": case_name(image_path),
+        "image": str(image_path),
         "input": str(case.image.array.shape),
         "bundle": {"name": bundle.manifest.get("name"), "path": str(bundle.path), "demo": bundle.is_demo,
                    "missing_roles": list(bundle.missing_roles())},
@@ -174,24 +220,25 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
         **kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
         "measurements": measure(result.labels, case.image.affine),
-        "seconds": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+        "seconds": {"total": seconds, **result.timings},
         "peak_rss_mb": peak_rss_mb(),
     }
-    return report
+    return rounded(report)
 
 
-def write_outputs(result: SegmentationResult, case: PreparedCase, args: argparse.Namespace, report: dict | None) -> None:
-    """Write label map / segmentation, report and QA picture: all or nothing."""
+def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, overwrite: bool,
+                  report: dict | None = None, report_path: Path | None = None, qa: Path | None = None) -> None:
+    """Write the label map / segmentation, and the report and QA picture when asked: all or nothing."""
     with contextlib.ExitStack() as stack:
-        output = stack.enter_context(atomic_output(args.output, args.overwrite))
-        write_result(output, result.labels, case.image.affine, args.output)
-        if report is not None and args.report is not None:
-            report_path = stack.enter_context(atomic_output(args.report, args.overwrite))
-            report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if args.qa is not None:
+        labels = stack.enter_context(atomic_output(output, overwrite))
+        write_result(labels, result.labels, case.image.affine, output)
+        if report is not None and report_path is not None:
+            report_file = stack.enter_context(atomic_output(report_path, overwrite))
+            report_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if qa is not None:
             from ..qa import save_qa_png
 
-            qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
+            qa_path = stack.enter_context(atomic_output(qa, overwrite))
             save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing,
                         title="; ".join(result_notes(report or {})))
 
@@ -242,8 +289,8 @@ def run_segment(args: argparse.Namespace) -> int:
     case = cascade.prepare(image)
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
         result = cascade.segment(image, crop, display, case=case)
-        report = segmentation_report(result, case, bundle, time.perf_counter() - start)
-        write_outputs(result, case, args, report)
+        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image)
+        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
         logger.warning("%s: no kidney found: the result is empty (%s). Check the crop with --qa, or give one with --box",
@@ -264,7 +311,8 @@ def run_locate(args: argparse.Namespace) -> int:
         stage1 = cascade.locate(case, display)
         with contextlib.ExitStack() as stack:
             output = stack.enter_context(atomic_output(args.output, args.overwrite))
-            output.write_text(json.dumps(stage1_json(stage1, case.frame), indent=2) + "\n", encoding="utf-8")
+            located = {"note": BOXES_NOTE, **stage1_json(stage1, case.frame)}
+            output.write_text(json.dumps(rounded(located), indent=2) + "\n", encoding="utf-8")
             if args.qa is not None:
                 import numpy as np
 

@@ -1,0 +1,148 @@
+"""`summary.csv` of a batch output folder, rebuilt from the case records there; `summarize`.
+
+A finished case leaves ``<case>.json`` (its `segment --report`), a failed one ``<case>.failed.json``
+(its error). The summary holds one row per case record in the folder, sorted by case name, so a
+resumed run, or several shards writing to one folder, loses no row. An existing summary with other
+rows is never replaced without ``--overwrite``: the new one goes beside it as ``summary-2.csv``
+(``-3``, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from ..imageio import atomic_output
+from .exits import EXIT_CASES_FAILED, EXIT_OK
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.csv"
+FAILED_SUFFIX = ".failed.json"
+SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", "kidney_ml", "tumor_ml", "tumor_count",
+                  "largest_tumor_diameter_mm", "error")
+
+
+def failure_path(folder: Path, case: str) -> Path:
+    """Where a failed case's record goes."""
+    return folder / f"{case}{FAILED_SUFFIX}"
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The summary row of one JSON file of the folder, or None when it is no case record."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("status") == "failed" and isinstance(data.get("case"), str):
+        return {"case": data["case"], "status": "failed", "error": data.get("error")}  # a rerun failing alike changes no row
+    measured = data.get("measurements")
+    if not isinstance(measured, dict):
+        return None
+    case = data.get("case") or path.name[: -len(".json")]  # reports of older versions hold no case name
+    return {"case": case, "status": "ok", "seconds": (data.get("seconds") or {}).get("total"), "kidney_found": data.get("kidney_found"),
+            "kidney_ml": round(measured["kidney_ml"]["total"], 2), "tumor_ml": round(measured["tumor_ml"]["total"], 2),
+            "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1)}
+
+
+def summary_rows(folder: Path) -> list[dict[str, Any]]:
+    """One row per case with a record in ``folder``, sorted by case; a finished case's report wins
+    over a stale failure record of the same case."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        row = read_record(path)
+        if row is not None and (row["case"] not in rows or row["status"] == "ok"):
+            rows[row["case"]] = row
+    return [rows[case] for case in sorted(rows)]
+
+
+def summary_text(rows: list[dict[str, Any]]) -> str:
+    """The CSV of ``rows`` (every field of :data:`SUMMARY_FIELDS`, empty when absent)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_summary(folder: Path, overwrite: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the summary of ``folder``; returns its path and rows.
+
+    ``summary.csv`` when it is new, holds these rows already, or ``overwrite``; otherwise the first
+    of ``summary-2.csv``, ``summary-3.csv``, ... that is new or holds these rows. Files are
+    created whole and exclusively, so shards finishing together neither clobber nor repeat one.
+    """
+    rows = summary_rows(folder)
+    text = summary_text(rows)
+    if overwrite:
+        with atomic_output(folder / SUMMARY_NAME, overwrite=True) as temporary:
+            temporary.write_bytes(text.encode("utf-8"))
+        return folder / SUMMARY_NAME, rows
+    for number in itertools.count(1):
+        path = folder / (SUMMARY_NAME if number == 1 else f"summary-{number}.csv")
+        if _holds(path, text) or _create(path, text):
+            if number > 1:
+                logger.warning("%s holds an earlier run's rows: wrote %s beside it (--overwrite replaces it)",
+                               folder / SUMMARY_NAME, path.name)
+            return path, rows
+    raise AssertionError("unreachable")
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_bytes() == text.encode("utf-8")
+    except FileNotFoundError:
+        return False
+
+
+def _create(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists (then False, or True if it holds ``text``)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        with open(temporary, "xb") as file:
+            file.write(text.encode("utf-8"))
+        os.link(temporary, path)  # fails when the name exists: never replaces
+        return True
+    except FileExistsError:
+        return _holds(path, text)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def add_summarize_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("summarize", help="rebuild summary.csv of a batch output folder",
+                                 description="Rebuild summary.csv from the case records of a `batch` output folder "
+                                             "(<case>.json, <case>.failed.json), e.g. after sharded runs. An existing "
+                                             "summary with other rows is kept and the new one written beside it as "
+                                             "summary-2.csv unless --overwrite. Exit code 0: every case finished; 3: "
+                                             "some failed (their errors are in the summary); 1: no case records.")
+    parser.add_argument("output_dir", type=Path, help="the output folder of one or more `batch` runs")
+    parser.add_argument("--overwrite", action="store_true", help="replace summary.csv (default: keep it)")
+    parser.set_defaults(handler=run_summarize)
+
+
+def report_summary(path: Path, rows: list[dict[str, Any]]) -> int:
+    """Log the counts and failures of a written summary; exit code 0 (all ok) or 3 (some failed)."""
+    failed = [row for row in rows if row["status"] == "failed"]
+    for row in failed:
+        logger.error("failed: %s: %s", row["case"], row["error"])
+    logger.info("%s: %d cases, %d ok, %d failed", path, len(rows), len(rows) - len(failed), len(failed))
+    return EXIT_CASES_FAILED if failed else EXIT_OK
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    if not args.output_dir.is_dir():
+        raise ValueError(f"{args.output_dir}: folder not found")
+    if not summary_rows(args.output_dir):
+        raise ValueError(f"{args.output_dir}: no case records (<case>.json) of a batch run")
+    path, rows = write_summary(args.output_dir, args.overwrite)
+    return report_summary(path, rows)

@@ -1,0 +1,215 @@
+"""`batch` and `summarize`: no result is ever lost or replaced unasked, shards share one folder.
+
+The bundle holds tiny steered networks (cli_helpers): a case takes well under a second.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+
+from KidneyTumorSegLib.cli.exits import EXIT_CASES_FAILED, EXIT_FAILURE
+from KidneyTumorSegLib.cli.shards import Shard, parse_shard, shard_device, shard_from
+from cli_helpers import REPO, cli_files, model_args, no_leftovers, run
+
+torch.set_num_threads(1)
+
+SHARD_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+                   "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
+REPORT_FIGURES = ("case", "input", "bundle", "models", "crop", "stage1", "measurements")  # all but timings and memory
+
+
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs are never a shard, whatever launched pytest."""
+    for name in SHARD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return cli_files(tmp_path_factory.mktemp("batch"))
+
+
+def case_folder(folder: Path, files: dict[str, Path], good: tuple[str, ...], bad: tuple[str, ...] = ()) -> Path:
+    """Copies of the phantom CT named ``good``, text files named ``bad``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in good:
+        (folder / f"{name}.nii.gz").write_bytes(files["ct"].read_bytes())
+    for name in bad:
+        (folder / f"{name}.nii.gz").write_text("not an image\n", encoding="utf-8")
+    return folder
+
+
+def summary(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def stamps(folder: Path) -> dict[str, int]:
+    """Modification time of every file in ``folder``, by name."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+# ---------------------------------------------------------------- what a batch writes
+
+
+def test_each_case_gets_the_segment_report_and_a_failure_its_record(files, tmp_path: Path, capsys, caplog) -> None:
+    cases = case_folder(tmp_path / "cases", files, ("good",), ("bad",))
+    results = tmp_path / "results"
+    code, stdout, _ = run(capsys, "batch", cases, results, *model_args(files, "json"))
+    assert code == EXIT_CASES_FAILED and "bad: failed: " in caplog.text and "cannot read image" in caplog.text
+    assert sorted(p.name for p in results.iterdir()) == ["bad.failed.json", "good.json", "good.nii.gz", "summary.csv"]
+    assert nib.load(results / "good.nii.gz").shape == (96, 64, 16)
+    rows = summary(results / "summary.csv")
+    assert rows["good"]["status"] == "ok" and float(rows["good"]["kidney_ml"]) > 0 and float(rows["good"]["seconds"]) > 0
+    assert rows["bad"]["status"] == "failed" and "cannot read image" in rows["bad"]["error"]
+    failure = json.loads((results / "bad.failed.json").read_text(encoding="utf-8"))
+    assert failure["case"] == "bad" and failure["image"] == str(cases / "bad.nii.gz") and failure["error"] == rows["bad"]["error"]
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert [e["model"] for e in events[:-1]] == ["bad", "good"] and events[-1] == {"type": "done", "output": str(results)}
+
+    batch_report = json.loads((results / "good.json").read_text(encoding="utf-8"))
+    code, _, _ = run(capsys, "segment", cases / "good.nii.gz", "-o", tmp_path / "seg.nii.gz", "--report",
+                     tmp_path / "report.json", *model_args(files))
+    segment_report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert code == 0 and set(batch_report) == set(segment_report)  # the full report ...
+    assert {k: batch_report[k] for k in REPORT_FIGURES} == {k: segment_report[k] for k in REPORT_FIGURES}
+    assert set(batch_report["seconds"]) == set(segment_report["seconds"])
+    assert re.search(r"\.\d{4,}", (results / "good.json").read_text(encoding="utf-8")) is None  # ... rounded
+    no_leftovers(results)
+
+
+def test_a_failed_write_is_recorded_for_its_case_and_the_batch_goes_on(files, tmp_path: Path, capsys, monkeypatch) -> None:
+    from KidneyTumorSegLib.cli import segment
+
+    cases = case_folder(tmp_path / "cases", files, ("a", "b", "c"))
+    results = tmp_path / "results"
+    write = segment.write_label_map
+
+    def write_failing_for_b(path, *rest, **options):
+        if Path(path).name.startswith(".b.nii.gz."):  # the temporary file of b.nii.gz
+            raise OSError("No space left on device")
+        return write(path, *rest, **options)
+
+    monkeypatch.setattr(segment, "write_label_map", write_failing_for_b)
+    code, _, _ = run(capsys, "batch", cases, results, *model_args(files))
+    assert code == EXIT_CASES_FAILED
+    rows = summary(results / "summary.csv")
+    assert [(r["case"], r["status"]) for r in rows.values()] == [("a", "ok"), ("b", "failed"), ("c", "ok")]
+    assert rows["b"]["error"] == "No space left on device"
+    assert sorted(p.name for p in results.iterdir()) == ["a.json", "a.nii.gz", "b.failed.json", "c.json", "c.nii.gz",
+                                                         "summary.csv"]  # b: neither label map nor report
+
+
+def test_batch_of_an_empty_folder_fails(files, tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "batch", tmp_path, tmp_path / "out", *model_args(files))
+    assert code == EXIT_FAILURE and "no images found" in err
+
+
+# ---------------------------------------------------------------- nothing lost, nothing replaced unasked
+
+
+def test_rerun_resume_and_overwrite(files, tmp_path: Path, capsys, caplog) -> None:
+    cases = case_folder(tmp_path / "cases", files, ("good",), ("bad",))
+    results = tmp_path / "results"
+    assert run(capsys, "batch", cases, results, *model_args(files))[0] == EXIT_CASES_FAILED
+    first_summary = (results / "summary.csv").read_bytes()
+    before = stamps(results)
+
+    code, _, err = run(capsys, "batch", cases, results, *model_args(files))  # a plain rerun is refused
+    assert code == EXIT_FAILURE and err.splitlines() == [
+        f"kidneytumorseg: error: {results}: already holds results of 1 of these 2 cases (good): "
+        "--resume runs only the others, --overwrite runs them all again"]
+    assert stamps(results) == before
+
+    code, _, _ = run(capsys, "batch", cases, results, "--resume", *model_args(files))
+    assert code == EXIT_CASES_FAILED  # the bad case failed again, alike: the summary has the same rows
+    assert stamps(results).keys() == before.keys() and (results / "summary.csv").read_bytes() == first_summary
+    assert stamps(results)["good.nii.gz"] == before["good.nii.gz"] and stamps(results)["good.json"] == before["good.json"]
+
+    case_folder(cases, files, ("bad",))  # the bad case is fixed
+    code, _, _ = run(capsys, "batch", cases, results, "--resume", *model_args(files))
+    assert code == 0 and "wrote summary-2.csv beside it" in caplog.text
+    assert (results / "summary.csv").read_bytes() == first_summary  # the earlier summary is kept ...
+    rows = summary(results / "summary-2.csv")  # ... the new one holds every case, the earlier figures too
+    assert [(case, row["status"]) for case, row in rows.items()] == [("bad", "ok"), ("good", "ok")]
+    assert rows["good"]["kidney_ml"] == summary(results / "summary.csv")["good"]["kidney_ml"]
+    assert not (results / "bad.failed.json").exists()  # the failure is over
+
+    assert run(capsys, "summarize", results)[0] == 0 and not (results / "summary-3.csv").exists()  # no repeat
+    assert run(capsys, "summarize", results, "--overwrite")[0] == 0
+    assert (results / "summary.csv").read_bytes() == (results / "summary-2.csv").read_bytes()
+
+    before = stamps(results)
+    assert run(capsys, "batch", cases, results, "--overwrite", *model_args(files))[0] == 0
+    after = stamps(results)
+    assert all(after[name] > before[name] for name in ("good.nii.gz", "good.json", "bad.nii.gz", "bad.json"))
+    no_leftovers(results)
+
+
+def test_summarize_needs_case_records(tmp_path: Path, capsys) -> None:
+    (tmp_path / "boxes.json").write_text('{"boxes": {}}', encoding="utf-8")  # a JSON that is no case record
+    code, _, err = run(capsys, "summarize", tmp_path)
+    assert code == EXIT_FAILURE and "no case records" in err and not (tmp_path / "summary.csv").exists()
+
+
+# ---------------------------------------------------------------- shards
+
+
+def test_shard_option_and_environment() -> None:
+    names = [f"case_{n}" for n in range(7)]
+    assert parse_shard("1/3").take(names) == ["case_1", "case_4"]
+    assert shard_from(None, {}) == Shard() and Shard().take(names) == names
+    torchrun = {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}
+    assert (shard_from(None, torchrun).index, shard_from(None, torchrun).count) == (2, 4)
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_STEP": "2"}
+    assert (shard_from(None, slurm).index, shard_from(None, slurm).count) == (2, 3)  # tasks 1, 3, 5
+    assert (shard_from(None, {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}).index) == 0
+    assert shard_from("0/2", {**torchrun, **slurm}).source == "--shard"  # the option wins, then torchrun
+    assert shard_from(None, {**torchrun, **slurm}).source.startswith("torchrun")
+    for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="RANK"):
+        shard_from(None, {"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_device_auto_under_torchrun_takes_the_local_gpu() -> None:
+    assert shard_device("auto", {"LOCAL_RANK": "1"}, cuda_devices=2) == "cuda:1"
+    assert shard_device("auto", {"LOCAL_RANK": "1"}, cuda_devices=0) == "auto"  # no GPU: the CPU
+    assert shard_device("auto", {}, cuda_devices=2) == "auto"
+    assert shard_device("cpu", {"LOCAL_RANK": "1"}, cuda_devices=2) == "cpu"
+    with pytest.raises(ValueError, match="LOCAL_RANK=2 but this node has 2 GPU"):
+        shard_device("auto", {"LOCAL_RANK": "2"}, cuda_devices=2)
+
+
+def test_two_processes_share_one_folder_and_the_summary_is_complete(files, tmp_path: Path, capsys) -> None:
+    """Two real processes as torchrun starts them (RANK / WORLD_SIZE / LOCAL_RANK) over four cases."""
+    names = ("a", "b", "c", "d")
+    cases, results = case_folder(tmp_path / "cases", files, names), tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k not in SHARD_VARIABLES}
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO / "KidneyTumorSeg"), str(REPO)]), OMP_NUM_THREADS="1", WORLD_SIZE="2")
+    argv = [sys.executable, "-m", "KidneyTumorSegLib.cli.main", "batch", str(cases), str(results), "--members", "KT",
+            *model_args(files)]
+    processes = [subprocess.Popen(argv, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    ran = [re.findall(r"\[\d/\d\] (\w): ok", err) for _, err in outputs]
+    assert ran == [["a", "c"], ["b", "d"]]  # every case exactly once
+    assert sorted(p.name for p in results.iterdir()) == sorted(
+        [f"{n}.nii.gz" for n in names] + [f"{n}.json" for n in names] + ["summary.csv"])  # the last shard's summary
+    rows = summary(results / "summary.csv")
+    assert list(rows) == list(names) and all(row["status"] == "ok" for row in rows.values())
+    written = (results / "summary.csv").read_bytes()
+    assert run(capsys, "summarize", results)[0] == 0
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv"] and (results / "summary.csv").read_bytes() == written
