@@ -32,6 +32,7 @@ from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, LABEL_KIDNEY, MethodSettings
 from .stage1 import Stage1Result, choose_crop
 from .support import keep_supported, stage1_support, support_in_box
+from .uncertainty import CaseReview, EnsembleUncertainty, case_review, ensemble_uncertainty
 from .validation import check_memory
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class InferenceOptions:
     ``channels_last``: the networks run in channels-last memory (faster on the CPU and GPU, the
     same values within float rounding). ``compile``: ``torch.compile`` each network once per
     cascade (the first patches wait for the compiler; pays off over many cases on a GPU).
+
+    ``uncertainty``: also compute where the ensemble disagrees (uncertainty.py) and the case's
+    review score, from the probabilities stage 2 already holds (no network runs).
     """
 
     device: str = "auto"
@@ -72,6 +76,7 @@ class InferenceOptions:
     skip_outside_kt: bool = True
     channels_last: bool = True
     compile: bool = False
+    uncertainty: bool = True
     settings: MethodSettings = DEFAULT_SETTINGS
 
 
@@ -93,7 +98,10 @@ class PreparedCase:
 class SegmentationResult:
     """A finished segmentation: ``labels`` on the input grid ``[i, j, k]`` (uint8 0/1/2),
     ``labels_working`` on the working frame ``[z, y, x]``, the crop, stage 1's result (None when
-    the box was given), the models that ran (in cascade order) and the seconds per step."""
+    the box was given), the models that ran (in cascade order) and the seconds per step.
+    ``uncertainty``: float32 ``[z, y, x]`` over ``crop_box`` in [0, 1] (0 outside the crop; see
+    crop_values for the working frame and the input grid) and ``review``, the case's review
+    summary; both None when ``InferenceOptions.uncertainty`` is off."""
 
     labels: np.ndarray
     labels_working: np.ndarray
@@ -101,6 +109,8 @@ class SegmentationResult:
     stage1: Stage1Result | None
     models: tuple[str, ...]
     timings: dict[str, float]
+    uncertainty: np.ndarray | None = None
+    review: CaseReview | None = None
 
 
 def _silent(stage: str, model: str, fraction: float) -> None:
@@ -288,8 +298,9 @@ class Cascade:
 
     # -- stage 2 -----------------------------------------------------------------------------
     def segment_crop(self, case: PreparedCase, crop: Box, progress: ProgressReport = _silent,
-                     cancel: CancelCallback | None = None) -> np.ndarray:
-        """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8). With
+                     cancel: CancelCallback | None = None) -> tuple[np.ndarray, EnsembleUncertainty | None]:
+        """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8), and
+        where its members disagree (None when ``options.uncertainty`` is off). With
         ``stage1.support_components`` on, KT's components lying mostly outside stage 1's support
         are background before label assignment (support.py)."""
         support = self._crop_support(case, crop, progress, cancel)
@@ -310,7 +321,12 @@ class Cascade:
         start = time.perf_counter()
         labels = clean_tumor(assign_labels(kt, kidney, tumor, self.settings), self.settings)
         self.timings["fusion"] = time.perf_counter() - start
-        return labels
+        if not self.options.uncertainty:
+            return labels, None
+        start = time.perf_counter()
+        uncertainty = ensemble_uncertainty(kt, kidney, tumor, labels, self.settings)
+        self.timings["uncertainty"] = time.perf_counter() - start
+        return labels, uncertainty
 
     def segment(self, image: Image, crop: Box | None = None, progress: ProgressReport = _silent,
                 cancel: CancelCallback | None = None, case: PreparedCase | None = None) -> SegmentationResult:
@@ -323,12 +339,16 @@ class Cascade:
             stage1 = self.locate(case, progress, cancel)
             crop = stage1.crop_box
         check_cancel(cancel)
-        labels_crop = self.segment_crop(case, crop, progress, cancel)
+        labels_crop, uncertainty = self.segment_crop(case, crop, progress, cancel)
         start = time.perf_counter()
         labels_working = np.zeros(case.normalized.shape, np.uint8)
         labels_working[crop.slices] = labels_crop
         labels = labels_to_source(labels_working, case.frame)
         self.timings["to_input_grid"] = time.perf_counter() - start
         ran = tuple(role for role in ("stage1", *self.members) if role in self.timings)
-        return SegmentationResult(labels, labels_working, crop, stage1, ran, dict(self.timings))
+        if uncertainty is None:
+            return SegmentationResult(labels, labels_working, crop, stage1, ran, dict(self.timings))
+        voxel_ml = float(np.prod(case.frame.spacing)) / 1000.0
+        review = case_review(uncertainty, labels_crop, voxel_ml, self.settings)
+        return SegmentationResult(labels, labels_working, crop, stage1, ran, dict(self.timings), uncertainty.voxels, review)
 

@@ -83,6 +83,15 @@ class FusionSettings:
 
 
 @dataclass(frozen=True)
+class UncertaintySettings:
+    """Where the stage-2 ensemble disagrees (uncertainty.py); not in the paper, every value ours."""
+
+    disagreement_weight: float = 0.5  # [D] u = w * votes against the label + (1 - w) * (1 - |2 mean - 1|)
+    disputed_threshold: float = 0.5  # [D] a voxel is disputed (the "Review" segment) when u >= 0.5
+    review_score_threshold: float = 0.1  # [D] a case is flagged for review when >= 10 % of its labelled region is disputed
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     """Metrics beyond the KiTS19 Dice (SPEC §4)."""
 
@@ -99,6 +108,7 @@ class MethodSettings:
     stage1: Stage1Settings = field(default_factory=Stage1Settings)
     crop: CropSettings = field(default_factory=CropSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
+    uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
 

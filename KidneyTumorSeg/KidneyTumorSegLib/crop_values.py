@@ -1,0 +1,58 @@
+"""Values computed over the stage-2 crop (the uncertainty map) onto the working frame and onto the
+input grid, linearly, touching only the part of each grid that the crop covers."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .boxes import Box
+from .geometry import AxisMap, WorkingFrame, axis_map
+from .resample_torch import _separable
+
+_MARGIN = (2, 2, 2)  # total growth of the crop: one zero voxel on each side, so values fade to 0 past it
+
+
+def crop_to_frame(values: np.ndarray, crop: Box, shape: tuple[int, int, int]) -> np.ndarray:
+    """``values`` ``[z, y, x]`` of ``crop`` pasted into a float32 working-frame volume of ``shape`` (0 outside)."""
+    volume = np.zeros(shape, np.float32)
+    volume[crop.slices] = values
+    return volume
+
+
+def crop_to_source(values: np.ndarray, crop: Box, frame: WorkingFrame) -> np.ndarray:
+    """``values`` ``[z, y, x]`` of ``crop`` (0 outside it) linearly resampled onto the input grid.
+
+    Returns float32 ``[i, j, k]`` of ``frame.source_shape`` in Fortran order (as NIfTI stores it);
+    only the input voxels near the crop are interpolated, the rest are 0. Axis-aligned inputs are
+    resampled one axis at a time (as ``resample_torch`` prepares them), oblique ones by scipy.
+    """
+    if values.shape != crop.size:
+        raise ValueError(f"values shape {values.shape} does not match the crop {crop.size}")
+    output = np.zeros(frame.source_shape[::-1], np.float32).T
+    grown = crop.expanded(_MARGIN).clipped(frame.shape)
+    try:
+        target = grown.transformed(frame.working_to_source(), frame.source_shape)
+    except ValueError:  # the crop holds no input voxel (a corner of an oblique input's frame)
+        return output
+    block = np.zeros(grown.size, np.float32)
+    block[tuple(slice(a - g, b - g + 1) for a, b, g in zip(crop.start, crop.stop, grown.start))] = values
+    # target-box index -> grown-block index
+    mapping = np.linalg.inv(frame.affine @ _shift(grown.start)) @ frame.source_affine @ _shift(target.start)
+    if axis_map(frame) is None:
+        resampled = ndimage.affine_transform(block, mapping[:3, :3], offset=mapping[:3, 3], output_shape=target.size,
+                                             order=1, mode="nearest", prefilter=False)
+    else:
+        axes = tuple(int(np.argmax(np.abs(mapping[:3, a]))) for a in range(3))
+        per_axis = AxisMap(axes, tuple(float(mapping[w, a]) for a, w in enumerate(axes)),
+                           tuple(float(mapping[w, 3]) for w in axes))
+        resampled = _separable(torch.from_numpy(block), per_axis, target.size, order=1).numpy()
+    output[target.slices] = resampled
+    return output
+
+
+def _shift(start: tuple[int, int, int]) -> np.ndarray:
+    """4 x 4 map from a sub-grid's index to its parent grid's, the sub-grid starting at ``start``."""
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    return shift
