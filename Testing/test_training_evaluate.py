@@ -37,10 +37,11 @@ def test_evaluate_one_scores_the_cascade_output_on_the_input_grid(real_kits_crop
     wrong = truth.copy()
     wrong[wrong == 2] = 1  # a "cascade" that misses the tumor entirely
     for labels, tumor_dice in ((truth, 1.0), (wrong, 0.0)):
-        cascade = SimpleNamespace(segment=lambda image, labels=labels: SimpleNamespace(labels=labels))
+        cascade = SimpleNamespace(segment=lambda image, labels=labels: SimpleNamespace(labels=labels, uncertainty=None))
         row = evaluate_one(cascade, case)
         assert row["case_id"] == "case_00000"
         assert row["kidney_dice"] == 1.0 and row["tumor_dice"] == tumor_dice
+        assert "review_score" not in row  # a cascade without uncertainty adds no review columns
 
 
 def test_rows_summary_csv_and_box_plot(tmp_path):

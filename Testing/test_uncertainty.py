@@ -79,8 +79,9 @@ def _crop() -> tuple[np.ndarray, list[np.ndarray], dict[str, tuple[slice, ...]]]
     tumor[1][regions["tumor of one group"]] = 0.1
     for group in tumor:
         group[regions["tumor of all groups"]] = 1.0
-        group[regions["tumor outside KT"]] = 1.0
         group[regions["removed island"]] = 0.8
+    for group in tumor[:2]:
+        group[regions["tumor outside KT"]] = 1.0
     return kt, tumor, regions
 
 
@@ -93,7 +94,7 @@ def test_ensemble_uncertainty_per_region() -> None:
         "tumor of one group": 0.5 * 2 / 3 + 0.5 * (1 - abs(2 * 1.0 / 3 - 1)),  # votes 1/3, mean 1/3
         "tumor of all groups": 0.0,
         "kidney boundary": 0.5 * (1 - abs(2 * 0.6 - 1)),  # KT alone: its closeness to 0.5
-        "tumor outside KT": 0.0,  # the tumor groups decide nothing where KT says background
+        "tumor outside KT": 0.0,  # the tumor groups are asked inside KT only (by default)
         "removed island": 0.5 * 1 + 0.5 * (1 - abs(2 * 0.8 - 1)),  # every group against the cleaned label
     }
     assert labels[regions["removed island"]].max() == 1 and labels[regions["tumor of one group"]].min() == 2
@@ -101,6 +102,15 @@ def test_ensemble_uncertainty_per_region() -> None:
         np.testing.assert_allclose(result.voxels[regions[name]], value, atol=1e-6, err_msg=name)
     assert result.voxels.min() >= 0.0 and result.voxels.max() <= 1.0
     assert result.tumor_agreement == pytest.approx(0.5)  # labelled tumor: one region unanimous, one not
+
+
+def test_tumor_votes_outside_kt_count_when_asked() -> None:
+    kt, tumor, regions = _crop()
+    labels = clean_tumor(assign_labels(kt, None, tumor))
+    result = ensemble_uncertainty(kt, None, tumor, labels, _settings(tumor_outside_kt=True))
+    two_groups_against_background = 0.5 * 2 / 3 + 0.5 * (1 - abs(2 * 2 / 3 - 1))
+    np.testing.assert_allclose(result.voxels[regions["tumor outside KT"]], two_groups_against_background, atol=1e-6)
+    np.testing.assert_allclose(result.voxels[:, 20:30, 0:10], 0.0, atol=1e-6)  # no group ran or voted there
 
 
 def test_strict_consensus_lets_k_vote_on_the_foreground_but_not_on_tumor() -> None:
@@ -128,9 +138,9 @@ def test_case_review_counts_disputed_voxels_of_the_examined_region() -> None:
     labels = np.zeros(SHAPE, np.uint8)
     labels[:, :10, :10] = 1  # 400 labelled voxels
     voxels = np.zeros(SHAPE, np.float32)
-    voxels[:, :5, :10] = 0.5  # 200 labelled and disputed (the threshold counts)
+    voxels[:, :5, :10] = 0.45  # 200 labelled and disputed (the threshold counts)
     voxels[:, 26:, 26:] = 0.9  # 64 disputed but unlabelled
-    voxels[:, 5:10, :10] = 0.49  # not disputed
+    voxels[:, 5:10, :10] = 0.449  # not disputed
     review = case_review(EnsembleUncertainty(voxels, 0.25), labels, voxel_ml=0.002)
     assert review.score == pytest.approx(264 / 464)
     assert review.disputed_ml == pytest.approx(264 * 0.002)
@@ -138,7 +148,7 @@ def test_case_review_counts_disputed_voxels_of_the_examined_region() -> None:
     relaxed = case_review(EnsembleUncertainty(voxels, None), labels, 0.002, _settings(review_score_threshold=0.6))
     assert not relaxed.review
     assert relaxed.to_json() == {"score": round(264 / 464, 4), "review": False, "disputed_ml": 0.53, "tumor_agreement": None,
-                                 "disputed_threshold": 0.5, "score_threshold": 0.6}
+                                 "disputed_threshold": 0.45, "score_threshold": 0.6}
 
 
 def test_a_case_with_nothing_labelled_or_disputed_scores_zero() -> None:

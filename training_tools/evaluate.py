@@ -24,6 +24,7 @@ from KidneyTumorSegLib.stage1 import NoKidneyFound
 
 from .cache import KitsCase, find_kits_cases, run_parallel, threads_per_worker
 from .splits import split_cases
+from .uncertainty_evaluation import PLOT_NAME, REVIEW_COLUMNS, plot_uncertainty, summarise_uncertainty, uncertainty_row
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,18 @@ def evaluation_cases(data_dir: str | os.PathLike, fold: int | None, folds: int =
 
 
 def evaluate_one(cascade: Cascade, case: KitsCase) -> dict[str, Any]:
-    """All metrics of one case (label maps on the input grid, its own spacing), plus run time.
+    """All metrics of one case (label maps on the input grid, its own spacing), plus run time, and
+    its review score and uncertainty histograms (uncertainty_evaluation) when the cascade gives them.
 
     A case where stage 1 finds no kidney scores as an empty prediction (``note`` says so).
     """
     image = read_image(case.imaging)
     truth = np.asarray(read_image(case.segmentation).array, dtype=np.uint8)
     start = time.perf_counter()
-    note = ""
+    note, result = "", None
     try:
-        labels = cascade.segment(image).labels
+        result = cascade.segment(image)
+        labels = result.labels
     except NoKidneyFound:
         labels, note = np.zeros_like(truth), "stage 1 found no kidney"
         logger.warning("%s: %s, scored as an empty segmentation", case.case_id, note)
@@ -62,6 +65,8 @@ def evaluate_one(cascade: Cascade, case: KitsCase) -> dict[str, Any]:
     row.update(evaluate_case(labels, truth, image.spacing))
     row["seconds"] = round(seconds, 2)
     row["note"] = note
+    if result is not None and result.uncertainty is not None:
+        row.update(uncertainty_row(result, image, truth))
     return row
 
 
@@ -85,7 +90,8 @@ def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike,
                     options: InferenceOptions = InferenceOptions(), progress: bool = True,
                     workers: int = 1) -> dict[str, Any]:
     """Run the cascade of a bundle on the held-out cases, ``workers`` cases at a time (processes);
-    writes ``per_case.csv``, ``summary.json`` and ``boxplot.png`` into ``out_dir`` and returns the summary."""
+    writes ``per_case.csv``, ``summary.json``, ``boxplot.png`` and (with the uncertainty on)
+    ``uncertainty.png`` into ``out_dir`` and returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = evaluation_cases(data_dir, fold, folds, seed)
@@ -95,11 +101,14 @@ def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike,
     rows = sorted(run_parallel(_evaluate_job, jobs, workers, "evaluate", progress), key=lambda r: r["case_id"])
     write_rows(out_dir / CSV_NAME, rows)
     summary = summarise_rows(rows)
+    summary.update(summarise_uncertainty(rows))
     summary.update({"bundle": str(Path(bundle_path).resolve()), "data": str(Path(data_dir).resolve()),
                     "fold": fold, "folds": folds, "split_seed": seed, "device": str(pick_device(options.device)),
                     "cases_evaluated": [r["case_id"] for r in rows]})
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     plot_boxes(rows, out_dir / BOXPLOT_NAME, f"{Path(bundle_path).name}: {len(rows)} cases")
+    if any("wrong_counts" in r for r in rows):
+        plot_uncertainty(rows, out_dir / PLOT_NAME, f"{Path(bundle_path).name}: {len(rows)} cases")
     return summary
 
 
@@ -114,8 +123,8 @@ def summarise_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Per-case CSV: case_id, every metric, seconds."""
-    columns = ("case_id", *METRIC_COLUMNS, "seconds", "note")
+    """Per-case CSV: case_id, every metric, seconds, note, and the review summary when computed."""
+    columns = ("case_id", *METRIC_COLUMNS, "seconds", "note", *REVIEW_COLUMNS)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()

@@ -87,7 +87,9 @@ class UncertaintySettings:
     """Where the stage-2 ensemble disagrees (uncertainty.py); not in the paper, every value ours."""
 
     disagreement_weight: float = 0.5  # [D] u = w * votes against the label + (1 - w) * (1 - |2 mean - 1|)
-    disputed_threshold: float = 0.5  # [D] a voxel is disputed (the "Review" segment) when u >= 0.5
+    tumor_outside_kt: bool = False  # [D] the tumor groups' votes count only inside KT's foreground
+    disputed_threshold: float = 0.45  # [D] a voxel is disputed (the "Review" segment) when u >= 0.45: below the
+    # 0.5 of a confident two-to-one split of the tumor groups; a lone KT only within 0.05 of its threshold
     review_score_threshold: float = 0.1  # [D] a case is flagged for review when >= 10 % of its labelled region is disputed
 
 

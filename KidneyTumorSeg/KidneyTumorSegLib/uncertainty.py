@@ -4,15 +4,18 @@ Pure functions of the probabilities stage 2 already computed (no extra network r
 array is indexed ``[z, y, x]`` over the stage-2 crop of the working frame; probabilities are
 float32 or float16 in [0, 1], labels uint8 (0 background, 1 kidney, 2 tumor).
 
-The definition [D] (``settings.UncertaintySettings``): label assignment takes two decisions per
-voxel, each by a group of members.
+The definition [D] (``settings.UncertaintySettings``): label assignment answers two questions per
+voxel, each asked of a group of members.
 
 - *Foreground* (kidney or tumor vs background): KT, and the K mean where stage 2 ran K (strict
-  consensus; elsewhere KT alone). K sees kidney only, so at a voxel labelled tumor KT decides alone.
-- *Tumor* (tumor vs kidney, inside KT's foreground): the tumor groups T-vnet, T-unet and the mean
-  of the 2D U-Nets.
+  consensus; elsewhere KT alone). K sees kidney only, so at a voxel labelled tumor KT answers alone.
+- *Tumor* (tumor vs kidney): the tumor groups T-vnet, T-unet and the mean of the 2D U-Nets, inside
+  KT's foreground, where the method asks them. With ``tumor_outside_kt`` the question is also
+  asked outside it (the label's answer there is "no"): a tumor KT missed then shows, but so does
+  every tissue near the kidneys that weak tumor models call tumor -- off by default [D]: the demo
+  bundle's tumor models mark about a litre of non-kidney tissue per case there.
 
-For one decision with members' probabilities ``p_1 … p_n`` and the label's answer ``y``::
+For one question with members' probabilities ``p_1 … p_n`` and the label's answer ``y``::
 
     u = w · (share of members whose vote p_i ≥ 0.5 differs from y)
         + (1 − w) · (1 − |2 · mean(p) − 1|)
@@ -21,9 +24,10 @@ The first term is the disagreement itself (votes against the label: a tumor only
 a tumor island the clean-up removed); the second says how close the members' mean is to the
 threshold, which separates a split of 0.51 / 0.49 from one of 0.99 / 0.01 and still grades a
 single member. ``w`` = ``disagreement_weight`` (0.5). A voxel's uncertainty is the larger of its
-two decisions' (the tumor decision counts only inside KT's foreground, where it was taken): it is
-in [0, 1], 1 only where the members split and their mean sits on the threshold. Under the
-default fusion KT alone decides the foreground, so its term is at most ``1 − w``.
+two answers' (either can make its label wrong): it is in [0, 1], 1 only where the members split
+and their mean sits on the threshold. Under the default fusion KT alone answers the foreground
+question, so that term is at most ``1 − w``; a confident two-to-one split of the tumor groups
+gives exactly 0.5.
 """
 from __future__ import annotations
 
@@ -102,8 +106,8 @@ def ensemble_uncertainty(kt_prob: np.ndarray, k_prob: np.ndarray | None, tumor_p
     """The voxel uncertainty of a fused crop (module docstring) and its tumor agreement.
 
     ``kt_prob``: KT as label assignment read it (after the support rule); ``k_prob``: the K mean
-    when stage 2 ran K, else None; ``tumor_probs``: one map per tumor group (may be empty);
-    ``labels``: the final labels of the crop (after the tumor clean-up).
+    when stage 2 ran K, else None; ``tumor_probs``: one map per tumor group (may be empty; 0
+    where the group did not run, so no doubt); ``labels``: the final labels of the crop (after the clean-up).
     """
     threshold = settings.geometry.probability_threshold
     weight = settings.uncertainty.disagreement_weight
@@ -113,17 +117,14 @@ def ensemble_uncertainty(kt_prob: np.ndarray, k_prob: np.ndarray | None, tumor_p
     voxels = decision_uncertainty(members, foreground, weight, threshold)
     if not tumor_probs:
         return EnsembleUncertainty(voxels, None)
-    inside_kt = kt_prob >= threshold
-    tumor_uncertainty = decision_uncertainty(tumor_probs, tumor, weight, threshold)
-    tumor_uncertainty[~inside_kt] = 0.0
-    np.maximum(voxels, tumor_uncertainty, out=voxels)
+    asked = slice(None) if settings.uncertainty.tumor_outside_kt else kt_prob >= threshold
+    tumor_uncertainty = decision_uncertainty([prob[asked] for prob in tumor_probs], tumor[asked], weight, threshold)
+    voxels[asked] = np.maximum(voxels[asked], tumor_uncertainty)
     labelled = int(np.count_nonzero(tumor))
     if labelled == 0:
         return EnsembleUncertainty(voxels, None)
-    unanimous = np.ones(tumor.shape, bool)
-    for prob in tumor_probs:
-        unanimous &= prob >= threshold
-    return EnsembleUncertainty(voxels, float(np.count_nonzero(unanimous & tumor)) / labelled)
+    unanimous = np.logical_and.reduce([prob[tumor] >= threshold for prob in tumor_probs])
+    return EnsembleUncertainty(voxels, float(np.count_nonzero(unanimous)) / labelled)
 
 
 def case_review(uncertainty: EnsembleUncertainty, labels: np.ndarray, voxel_ml: float,
