@@ -147,6 +147,16 @@ def _bad_output_name(folder: Path) -> tuple[dict, str]:
     return {"-o": folder / "out" / "seg.png"}, "output must end with"
 
 
+def _bad_uncertainty_name(folder: Path) -> tuple[dict, str]:
+    _good(folder)
+    return {"--uncertainty": folder / "out" / "u.seg.nrrd"}, "--uncertainty must end with .nii.gz, .nii or .nrrd"
+
+
+def _uncertainty_folder_missing(folder: Path) -> tuple[dict, str]:
+    _good(folder)
+    return {"--uncertainty": folder / "nowhere" / "u.nii.gz"}, "output folder does not exist"
+
+
 def _box_outside(folder: Path) -> tuple[dict, str]:
     _good(folder)
     (folder / "box.json").write_text(json.dumps({"ras": [[500, 500, 500], [600, 600, 600]]}), encoding="utf-8")
@@ -177,6 +187,7 @@ CASES: dict[str, Callable[[Path], tuple[dict, str]]] = {
     "garbage bundle folder": _garbage_bundle, "nonexistent bundle": _no_bundle,
     "missing output folder": _output_folder_missing, "output is a folder": _output_is_a_folder,
     "missing report folder": _report_folder_missing, "bad output name": _bad_output_name,
+    "bad uncertainty name": _bad_uncertainty_name, "missing uncertainty folder": _uncertainty_folder_missing,
     "box outside the image": _box_outside, "ijk box outside the image": _box_ijk_outside,
     "box file not JSON": _box_not_json, "box file missing": _box_missing,
 }
@@ -256,6 +267,15 @@ def test_existing_output_is_left_untouched(bundle: Path, tmp_path: Path, capsys,
     assert code == 1 and err.splitlines() == [f"kidneytumorseg: error: {existing}: already exists (use --overwrite to replace it)"]
     assert existing.read_bytes() == b"precious bytes" and model_runs == []
     assert [p.name for p in existing.parent.iterdir()] == ["seg.nii.gz"]
+
+
+def test_existing_uncertainty_map_is_left_untouched(bundle: Path, tmp_path: Path, capsys, model_runs) -> None:
+    _good(tmp_path)
+    existing = tmp_path / "u.nii.gz"
+    existing.write_bytes(b"precious bytes")
+    code, _, err = _run(tmp_path, bundle, {"--uncertainty": existing}, capsys)
+    assert code == 1 and "already exists" in err and existing.read_bytes() == b"precious bytes"
+    assert not (tmp_path / "out" / "seg.nii.gz").exists() and model_runs == []
 
 
 def test_existing_report_is_left_untouched(bundle: Path, tmp_path: Path, capsys, model_runs) -> None:

@@ -13,7 +13,7 @@ from KidneyTumorSegLib.boxes import Box
 from KidneyTumorSegLib.bundle import ModelBundle, load_bundle
 from KidneyTumorSegLib.cascade import STAGE2_ORDER, TUMOR_2D_ROLES, Cascade, InferenceOptions
 from KidneyTumorSegLib.inference import Cancelled
-from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, MethodSettings
+from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, WORKING_SPACING_ZYX, MethodSettings
 from KidneyTumorSegLib.stage1 import NoKidneyFound, stage2_crop
 from synthetic_cases import ConstantNet, ThresholdNet, image_in, normalized, phantom_ct, steered_bundle, working_affine
 
@@ -321,6 +321,46 @@ def test_fusion_of_the_ensemble(bundle: ModelBundle, strict: bool) -> None:
         assert np.all(region == label), f"{name}: {np.unique(region)} instead of {label}"
         expected[4:16, y:y + size, x:x + size] = label
     np.testing.assert_array_equal(result.labels, expected)  # nothing anywhere else
+
+
+def _tumor_split(votes_against: float, mean: float) -> float:
+    """The documented uncertainty of a confident tumor-group split (w = 0.5)."""
+    return 0.5 * votes_against + 0.5 * (1 - abs(2 * mean - 1))
+
+
+# The uncertainty each region must get: by default, and in strict consensus (KT against K).
+# Tumor groups: T-vnet, T-unet, the mean of the six 2D nets; every network outputs 0 or 1.
+UNCERTAINTY = {
+    "kidney": (0.0, 0.0),
+    "tumor by T-vnet": (_tumor_split(2 / 3, 1 / 3),) * 2,
+    "tumor by T-unet": (_tumor_split(2 / 3, 1 / 3),) * 2,
+    "tumor by 4 of 6 2D nets": (_tumor_split(2 / 3, 2 / 9),) * 2,
+    "2 of 6 2D nets": (_tumor_split(0, 1 / 9), 0.75),  # strict: KT says foreground, K background
+    "KT only": (0.0, 0.75),
+    "small tumor": (_tumor_split(1 / 3, 1 / 3), 0.75),  # the clean-up went against T-vnet
+    "T without KT": (0.0, 0.0),  # the tumor groups are asked inside KT only
+}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_uncertainty_of_the_ensemble(bundle: ModelBundle, strict: bool) -> None:
+    fake = _with(bundle, _fusion_networks())
+    settings = _settings(fusion={"kt_only_label": 0}) if strict else DEFAULT_SETTINGS
+    result = Cascade(fake, _options(settings=settings)).segment(image_in(_fusion_ct(), "IPL"), crop=Box.full(SHAPE))
+    assert result.uncertainty.shape == result.crop_box.size == SHAPE and result.uncertainty.dtype == np.float32
+    expected = np.zeros(SHAPE, np.float32)
+    for name, (_, (y, x), size, _, _) in REGIONS.items():
+        expected[4:16, y:y + size, x:x + size] = UNCERTAINTY[name][strict]
+    np.testing.assert_allclose(result.uncertainty, expected, atol=1e-3)
+    disputed = np.count_nonzero(expected >= 0.45)
+    labelled = np.count_nonzero(result.labels_working)
+    assert result.review.score == pytest.approx(disputed / np.count_nonzero((expected >= 0.45) | (result.labels_working > 0)))
+    assert result.review.disputed_ml == pytest.approx(disputed * np.prod(WORKING_SPACING_ZYX) / 1000)
+    assert result.review.tumor_agreement == 0.0 and labelled > 0  # no tumor voxel has all three groups
+    quiet = Cascade(fake, dataclasses.replace(_options(settings=settings), uncertainty=False))
+    plain = quiet.segment(image_in(_fusion_ct(), "IPL"), crop=Box.full(SHAPE))
+    assert plain.uncertainty is None and plain.review is None and "uncertainty" not in plain.timings
+    np.testing.assert_array_equal(plain.labels, result.labels)
 
 
 def test_tumor_clean_up_threshold_is_the_setting(bundle: ModelBundle) -> None:

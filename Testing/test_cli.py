@@ -38,6 +38,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return cli_files(tmp_path_factory.mktemp("cli"))
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
 # ---------------------------------------------------------------- help
 
 
@@ -114,7 +119,9 @@ def test_method_options_select_the_settings(flags: list[str], support: bool, kt_
 
 def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path: Path, capsys) -> None:
     out, report, qa = tmp_path / "seg.nii.gz", tmp_path / "report.json", tmp_path / "qa.png"
-    code, stdout, _ = run(capsys, "segment", files["ct"], "-o", out, "--report", report, "--qa", qa, *model_args(files, "json"))
+    uncertainty = tmp_path / "uncertainty.nii.gz"
+    code, stdout, _ = run(capsys, "segment", files["ct"], "-o", out, "--report", report, "--qa", qa, "--uncertainty", uncertainty,
+                          *model_args(files, "json"))
     assert code == 0
     source, written = nib.load(files["ct"]), nib.load(out)
     assert written.shape == source.shape == (96, 64, 16)
@@ -122,7 +129,16 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     labels = np.asarray(written.dataobj)
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     assert qa.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _png_size(qa) == (1800, 600)  # three panels: axial, coronal, uncertainty
     no_leftovers(tmp_path)
+    doubt = nib.load(uncertainty)
+    assert doubt.shape == source.shape and doubt.get_data_dtype() == np.float32
+    np.testing.assert_allclose(doubt.affine, source.affine, atol=1e-5)
+    doubt = np.asarray(doubt.dataobj)
+    (i0, i1), (j0, j1), (k0, k1) = EXPECTED_CROP_IJK
+    assert 0.0 <= doubt.min() and doubt.max() <= 1.0
+    assert not doubt[:i0].any()  # nothing was examined outside the crop (the input grid is the working grid, reordered)
+    assert doubt[i0:i1 + 1].max() > 0.0  # the lone tumor model (random weights) is unsure inside
 
     data = json.loads(report.read_text(encoding="utf-8"))
     assert {"input", "bundle", "models", "crop", "stage1", "measurements", "seconds", "peak_rss_mb"} <= set(data)
@@ -139,6 +155,12 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert data["measurements"]["kidney_ml"]["total"] > 0  # KT marks the whole crop
     assert {"total", "prepare", "stage1", "KT", "T-vnet", "fusion"} <= set(data["seconds"]) and "K1" not in data["seconds"]
     assert "no refinement needed" in data["stage1"]["decisions"][-1]
+    review = data["uncertainty"]
+    assert isinstance(data["review"], bool) and data["review"] is review["review"]
+    assert 0.0 <= review["score"] <= 1.0 and review["disputed_ml"] >= 0.0
+    assert (review["disputed_threshold"], review["score_threshold"]) == (0.45, 0.1)
+    disputed_ml = np.count_nonzero(doubt >= 0.45) * float(np.prod(source.header.get_zooms())) / 1000
+    assert review["disputed_ml"] == pytest.approx(disputed_ml, rel=0.05, abs=0.05)  # same grid up to the linear fade
 
     events = [json.loads(line) for line in stdout.splitlines()]
     assert events[-1] == {"type": "done", "output": str(out)}

@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 from KidneyTumorSegLib.cli.exits import EXIT_CASES_FAILED, EXIT_FAILURE
 from KidneyTumorSegLib.cli.shards import Shard, parse_shard, shard_device, shard_from
-from cli_helpers import REPO, cli_files, model_args, no_leftovers, run
+from cli_helpers import REPO, WORKING_SHAPE, cli_files, model_args, no_leftovers, run
+from synthetic_cases import image_in, phantom_ct, write_nifti
 
 torch.set_num_threads(1)
 
@@ -213,3 +215,37 @@ def test_two_processes_share_one_folder_and_the_summary_is_complete(files, tmp_p
     written = (results / "summary.csv").read_bytes()
     assert run(capsys, "summarize", results)[0] == 0
     assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv"] and (results / "summary.csv").read_bytes() == written
+
+
+# ---------------------------------------------------------------- triage
+
+
+def test_the_summary_holds_each_review_and_triage_puts_the_most_doubtful_first(files, tmp_path: Path, capsys) -> None:
+    cases = case_folder(tmp_path / "cases", files, (), ("a",))
+    for name, ct in (("b", phantom_ct(WORKING_SHAPE)), ("c", phantom_ct(WORKING_SHAPE, tumor=False)),
+                     ("d", np.flip(phantom_ct(WORKING_SHAPE), 2))):
+        image = image_in(np.ascontiguousarray(ct), "RAS")
+        write_nifti(cases / f"{name}.nii.gz", image.array, image.affine)
+    results = tmp_path / "results"
+    code, _, _ = run(capsys, "batch", cases, results, "--triage", *model_args(files))
+    assert code == EXIT_CASES_FAILED
+    with open(results / "summary.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[-1]["case"] == "a" and rows[-1]["review_score"] == ""  # failed: no score, last
+    scores = [float(r["review_score"]) for r in rows[:-1]]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+    for row in rows[:-1]:
+        report = json.loads((results / f"{row['case']}.json").read_text(encoding="utf-8"))
+        assert float(row["review_score"]) == report["uncertainty"]["score"]
+        assert row["review"] == ("yes" if report["review"] else "no")
+        assert float(row["disputed_ml"]) == report["uncertainty"]["disputed_ml"]
+    assert run(capsys, "summarize", results)[0] == EXIT_CASES_FAILED  # by case name: a new summary beside it
+    assert list(summary(results / "summary-2.csv")) == ["a", "b", "c", "d"]
+
+
+def test_triaged_puts_the_most_doubtful_first_and_unscored_rows_last() -> None:
+    from KidneyTumorSegLib.cli.summary import triaged
+
+    rows = [{"case": "x", "status": "failed"}, {"case": "y", "review_score": 0.1}, {"case": "s", "status": "ok"},
+            {"case": "z", "review_score": 0.7}, {"case": "w", "review_score": 0.0}]
+    assert [r["case"] for r in triaged(rows)] == ["z", "y", "w", "x", "s"]

@@ -18,16 +18,17 @@ slicer = pytest.importorskip("slicer")
 from KidneyTumorSegLib.boxes import Box  # noqa: E402
 from KidneyTumorSegLib.controller import Controller, Parameters, State  # noqa: E402
 from KidneyTumorSegLib.geometry import labels_to_source, to_working_frame, working_frame_for  # noqa: E402
-from KidneyTumorSegLib.imageio import Image, read_image, write_label_map  # noqa: E402
+from KidneyTumorSegLib.imageio import Image, read_image, write_image, write_label_map  # noqa: E402
 from KidneyTumorSegLib.locate_result import RasBox  # noqa: E402
 from KidneyTumorSegLib.measurements import measure  # noqa: E402
 from KidneyTumorSegLib.mrml.roi import roi_ras_box, roi_working_box, set_roi_box  # noqa: E402
 from KidneyTumorSegLib.mrml.scene import module_parameter_node, new_headless_scene, node_ids  # noqa: E402
 from KidneyTumorSegLib.mrml.segmentation import segment_id, segment_terminology, segmentation_labels  # noqa: E402
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
-from KidneyTumorSegLib.mrml.volumes import add_volume  # noqa: E402
+from KidneyTumorSegLib.mrml.volumes import add_volume, volume_array  # noqa: E402
 from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result  # noqa: E402
+from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review  # noqa: E402
 
 
 class FakeRunner:
@@ -81,6 +82,11 @@ class FakeRunner:
         return self.argv[3]
 
 
+def fake_uncertainty(labels: np.ndarray) -> np.ndarray:
+    """What the fake command line calls uncertain: tumor 0.6 (disputed), kidney 0.1, else 0."""
+    return np.select([labels == 2, labels == 1], [0.6, 0.1], 0.0).astype(np.float32)
+
+
 def labels_of(image: Image) -> np.ndarray:
     return np.rint((image.array.astype(np.float32) + 100) / 100).astype(np.uint8)
 
@@ -116,8 +122,12 @@ def play(runner: FakeRunner, code: int = 0, demo: bool = False) -> None:
         result = labels_to_source(inside, frame)
         write_label_map(output, result, image.affine)
         finding = kidney_finding(result, stage1 if box_file is None else None, bool(labels.any()))
-        Path(runner.option("--report")).write_text(json.dumps({"measurements": measure(result, image.affine), **finding,
-                                                               "bundle": {"demo": demo}}))
+        uncertainty = fake_uncertainty(result)
+        write_image(Path(runner.option("--uncertainty")), uncertainty, image.affine)
+        review = case_review(EnsembleUncertainty(uncertainty, None), result, abs(np.linalg.det(image.affine[:3, :3])) / 1000)
+        report = {"measurements": measure(result, image.affine), **finding, "bundle": {"demo": demo}, "review": review.review,
+                  "uncertainty": review.to_json()}
+        Path(runner.option("--report")).write_text(json.dumps(report))
     runner.emit({"type": "done", "output": str(output)})
     runner.finish(code)
 
@@ -224,6 +234,68 @@ def test_segment_without_locate_runs_the_whole_cascade(setup, case):
     expected[stage1.crop_box.slices] = working[stage1.crop_box.slices]
     got = segmentation_labels(controller.parameters.output_segmentation, volume)[0]
     assert np.array_equal(got, labels_to_source(expected, frame)) and got.any()
+
+
+def segment_mask(node, name: str, reference) -> np.ndarray:
+    """One segment of ``node`` as a bool array ``[i, j, k]`` on ``reference``'s grid."""
+    scene = node.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            node, [segment_id(node, name)], labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+        return volume_array(labelmap) > 0
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
+    headless, volume, runner, controller, _, _ = setup
+    scene = headless.scene
+    view = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers, as Slicer has three
+    controller.update(input_volume=volume, show_3d=False)
+    assert controller.segment() and runner.option("--uncertainty") is not None
+    play(runner)
+    controller.poll()
+    assert controller.state is State.DONE, controller.error
+    p = controller.parameters
+    labels = segmentation_labels(p.output_segmentation, volume)[0]
+
+    overlay = p.uncertainty_volume
+    assert overlay.GetName() == "case uncertainty" and np.array_equal(volume_array(overlay), fake_uncertainty(labels))
+    display = overlay.GetDisplayNode()
+    assert display.GetColorNodeID() == "vtkMRMLColorTableNodeIron"  # Inferno is a colour file of the application
+    assert (display.GetWindow(), display.GetLevel(), display.GetAutoWindowLevel()) == (1.0, 0.5, 0)
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(overlay)
+    assert legend.GetVisibility() and legend.GetTitleText() == "Uncertainty"
+    assert (view.GetForegroundVolumeID(), view.GetBackgroundVolumeID()) == (overlay.GetID(), volume.GetID())
+    assert view.GetForegroundOpacity() == 0.5
+
+    review_id = segment_id(p.output_segmentation, "Review")
+    assert review_id and not p.output_segmentation.GetDisplayNode().GetSegmentVisibility(review_id)  # off by default
+    assert np.array_equal(segment_mask(p.output_segmentation, "Review", volume), labels == 2) and (labels == 2).any()
+    assert np.array_equal(labels, segmentation_labels(p.output_segmentation, volume)[0])  # Kidney and Tumor untouched
+
+    report = controller.review
+    voxel_ml = abs(np.linalg.det(case.affine[:3, :3])) / 1000
+    assert report["disputed_ml"] == pytest.approx(np.count_nonzero(labels == 2) * voxel_ml, abs=0.01)
+    rows = {row[0]: row[1:] for row in table_rows(p.results_table)}
+    assert rows["Review score (share disputed, 0-1)"][2] == pytest.approx(report["score"], abs=0.005)
+    assert rows["Needs review (1 = yes)"][2] == float(report["review"])
+    assert rows["Disputed volume (mL)"][2] == pytest.approx(report["disputed_ml"], abs=0.005)
+    assert f"Review score {report['score']:.2f}" in controller.status()
+
+    controller.update(show_uncertainty=False)
+    assert not view.GetForegroundVolumeID() and not legend.GetVisibility()
+    controller.update(show_uncertainty=True)
+    assert view.GetForegroundVolumeID() == overlay.GetID() and legend.GetVisibility()
+
+    nodes = node_ids(scene)
+    other = add_volume(scene, Image(case.array.astype(np.int16), case.affine), "other")
+    controller.update(input_volume=other)
+    assert controller.parameters.uncertainty_volume is None and controller.review is None
+    assert not view.GetForegroundVolumeID()  # the old case's overlay leaves the views
+    assert node_ids(scene) - nodes == {other.GetID()}
 
 
 @pytest.mark.parametrize("run", ["locate", "segment"])

@@ -26,8 +26,9 @@ from .locate_result import LocateOutcome
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
 from .mrml.scene import node_ids
-from .mrml.segmentation import fill_segmentation, has_segments, link_to_volume, new_segmentation_node, show_3d
+from .mrml.segmentation import fill_review_segment, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, show_3d
 from .mrml.table import TABLE_NODE, fill_measurements_table
+from .mrml.uncertainty import set_overlay, show_uncertainty
 from .mrml.volumes import volume_affine, write_volume_nifti
 from .process import CliCommand, DoneEvent, ProcessRunner, ProgressEvent, RunOptions, parse_line
 from .report import DEMO_NOTICE, made_by_demo
@@ -69,6 +70,7 @@ class Parameters:
     landmarks: Any = _node()
     output_segmentation: Any = _node()
     results_table: Any = _node()
+    uncertainty_volume: Any = _node()
     bundle_path: str = ""
     device: str = "auto"
     members: tuple[str, ...] = ()
@@ -79,6 +81,7 @@ class Parameters:
     show_landmark_box: bool = True
     show_landmarks: bool = True
     show_3d: bool = True
+    show_uncertainty: bool = True
 
     def save(self, node: Any) -> None:
         """Write every field to a ``vtkMRMLScriptedModuleNode`` (one Modified event)."""
@@ -135,6 +138,7 @@ class _Job:
     folder: Path
     output: Path
     report: Path | None = None
+    uncertainty: Path | None = None
 
 
 def _refuse(message: str) -> bool:
@@ -148,6 +152,9 @@ class Controller:
     them in memory, for console use). ``confirm(question)`` asks before an existing segmentation
     is replaced (the default refuses). ``on_change()`` is called after every state or progress
     change. Callbacks of the runner arrive through :meth:`poll`.
+
+    After a segmentation, :attr:`review` is its review summary (score, whether the case needs
+    review, disputed volume; see uncertainty.CaseReview), else None.
     """
 
     def __init__(self, scene: Any, parameter_node: Any | None, runner: ProcessRunner, command: CliCommand | None = None,
@@ -186,11 +193,14 @@ class Controller:
                 raise RuntimeError("the input cannot change while a run is in progress")
             for node in (current.crop_roi, current.segmentation_roi, current.landmark_roi, current.landmarks):
                 set_visible(node, False)
+            set_overlay(current.uncertainty_volume, False)
             new = dataclasses.replace(new, crop_roi=None, segmentation_roi=None, landmark_roi=None, landmarks=None,
-                                      output_segmentation=None, results_table=None)
+                                      output_segmentation=None, results_table=None, uncertainty_volume=None)
             self._outcome, self.decisions, self.measurements, self.report = None, (), None, {}
         self._store(new)
         self._show_markups(new)
+        if new.show_uncertainty != current.show_uncertainty:
+            set_overlay(new.uncertainty_volume, new.show_uncertainty, new.input_volume)
         self.message = ""
         self.on_change()
         return new
@@ -217,6 +227,11 @@ class Controller:
         if self._outcome is not None:
             return self._outcome
         return State.LOCATED if p.crop_roi is not None else State.READY
+
+    @property
+    def review(self) -> dict[str, Any] | None:
+        """The last segmentation's review summary (``CaseReview.to_json``), None before one."""
+        return self.report.get("uncertainty")
 
     @property
     def running(self) -> bool:
@@ -268,12 +283,14 @@ class Controller:
                 self.on_change()
                 return False
         folder = self._job_folder()
-        job = _Job(State.SEGMENTING, p.input_volume, folder, folder / "labels.nii.gz", folder / "report.json")
+        job = _Job(State.SEGMENTING, p.input_volume, folder, folder / "labels.nii.gz", folder / "report.json",
+                   folder / "uncertainty.nii.gz")
         box = None
         if p.crop_roi is not None:
             box = folder / "box.json"
             box.write_text(json.dumps(roi_ras_box(p.crop_roi).to_json()), encoding="utf-8")
-        return self._start(job, lambda image: self.command.segment(image, job.output, p.run_options(), box, job.report))
+        return self._start(job, lambda image: self.command.segment(image, job.output, p.run_options(), box, job.report,
+                                                                   job.uncertainty))
 
     def _start(self, job: _Job, argv_for: Callable[[Path], list[str]]) -> bool:
         self._job, self._outcome, self.error = job, None, ""
@@ -394,9 +411,14 @@ class Controller:
         fill_segmentation(target, labels.array, labels.affine)
         if p.show_3d:
             show_3d(target)
+        review = report["uncertainty"]
+        image = read_image(job.uncertainty)
+        uncertainty = show_uncertainty(p.uncertainty_volume, image, self.scene, f"{name} uncertainty", job.volume,
+                                       p.show_uncertainty)
+        fill_review_segment(target, image.array >= review["disputed_threshold"], image.affine)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
-        fill_measurements_table(table, report["measurements"])
-        self._store(dataclasses.replace(p, output_segmentation=target, results_table=table))
+        fill_measurements_table(table, report["measurements"], review)
+        self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty))
         self.measurements, self.report = report["measurements"], report
 
     # -- temporary files -------------------------------------------------------------------------
@@ -431,6 +453,10 @@ def _summary(report: dict[str, Any]) -> str:
         measurements = report["measurements"]
         text = (f"Done: kidneys {measurements['kidney_ml']['total']:.0f} mL, {measurements['tumor_count']} tumor(s), "
                 f"largest {measurements['largest_tumor_diameter_mm']:.0f} mm (see the results table).")
+    review = report.get("uncertainty")
+    if review is not None:
+        verdict = "needs review" if review["review"] else "the models agree"
+        text = f"{text} Review score {review['score']:.2f}: {verdict} ({review['disputed_ml']:.0f} mL disputed)."
     return f"{text} {DEMO_NOTICE}." if made_by_demo(report) else text
 
 

@@ -194,18 +194,23 @@ def fortran_order(array: np.ndarray) -> np.ndarray:
 
 def write_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False) -> Path:
     """Write a uint8 label map ``[i, j, k]`` with ``affine`` as NIfTI or NRRD, atomically."""
+    return write_image(path, np.asarray(labels, dtype=np.uint8), affine, overwrite)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, overwrite: bool = False) -> Path:
+    """Write a 3D array ``[i, j, k]`` in its own dtype with ``affine`` as NIfTI or NRRD, atomically."""
     path = Path(path)
     suffix = image_suffix(path)
-    labels = fortran_order(np.asarray(labels, dtype=np.uint8))
+    array = fortran_order(np.asarray(array))
     with atomic_output(path, overwrite) as temporary:
         if suffix in NIFTI_SUFFIXES:
-            image = nib.Nifti1Image(labels, affine)
+            image = nib.Nifti1Image(array, affine)
             image.header.set_xyzt_units("mm")
             image.set_qform(affine, code=1)
             image.set_sform(affine, code=1)
             nib.save(image, str(temporary))
         elif suffix in NRRD_SUFFIXES:
-            _write_nrrd(temporary, labels, affine)
+            _write_nrrd(temporary, array, affine)
         else:
             raise ValueError(f"{path}: unsupported output type (use .nii.gz, .nii or .nrrd)")
     return path

@@ -119,13 +119,17 @@ class CliCommand:
         return [*self._base("locate"), str(image), "-o", str(output), *options.argv(labels=False), "--progress", "json",
                 "--overwrite"]
 
-    def segment(self, image: Path, output: Path, options: RunOptions, box: Path | None = None, report: Path | None = None) -> list[str]:
-        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None)."""
+    def segment(self, image: Path, output: Path, options: RunOptions, box: Path | None = None, report: Path | None = None,
+                uncertainty: Path | None = None) -> list[str]:
+        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None; ``--report``
+        and ``--uncertainty`` when given)."""
         argv = [*self._base("segment"), str(image), "-o", str(output), *options.argv(), "--progress", "json", "--overwrite"]
         if box is not None:
             argv += ["--box", str(box)]
         if report is not None:
             argv += ["--report", str(report)]
+        if uncertainty is not None:
+            argv += ["--uncertainty", str(uncertainty)]
         return argv
 
     def batch(self, input_dir: Path, output_dir: Path, options: RunOptions, overwrite: bool = False) -> list[str]:

@@ -23,7 +23,7 @@ from .cases import find_cases
 from .exits import EXIT_CASES_FAILED, EXIT_OK
 from .segment import LABEL_MEANING, add_model_options, inference_options, open_bundle, segmentation_report, write_outputs
 from .shards import Shard, shard_device, shard_from
-from .summary import failure_path, report_summary, write_summary
+from .summary import add_triage_option, failure_path, report_summary, write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,12 @@ batch goes on. No existing output is replaced without --overwrite: a folder that
 results of these cases is refused unless --resume (run only the others) or --overwrite (run all).
 
 summary.csv: one row per case record in the output folder (status, seconds, whether any kidney was
-found, kidney and tumor mL, tumor count, largest tumor diameter, error), so a resumed or sharded run loses no row. When a
-summary.csv with other rows exists, the new summary goes beside it as summary-2.csv (-3, ...)
-unless --overwrite. Shards (--shard, torchrun, Slurm arrays) share one output folder; the last one
-to finish writes the summary, or run `kidneytumorseg summarize OUT`.
+found, kidney and tumor mL, tumor count, largest tumor diameter, review score, whether the case
+needs review, disputed mL, error), so a resumed or sharded run loses no row; --triage orders it
+by review score, most doubtful first. When a summary.csv with other rows exists, the new summary
+goes beside it as summary-2.csv (-3, ...) unless --overwrite. Shards (--shard, torchrun, Slurm
+arrays) share one output folder; the last one to finish writes the summary, or run
+`kidneytumorseg summarize OUT`.
 
 Exit code: 0 every case of this run is done (now or before); 3 some cases failed (in the summary;
 the others are written); 1 an error before any case ran (nothing written); 2 a usage error;
@@ -61,6 +63,7 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
                              "(default: torchrun's RANK/WORLD_SIZE or a Slurm array's "
                              "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else every case); with --device "
                              "auto under torchrun each process takes GPU cuda:LOCAL_RANK")
+    add_triage_option(parser)
     add_model_options(parser)
     parser.set_defaults(handler=run_batch)
 
@@ -147,7 +150,7 @@ def finish(out: Path, found: dict[str, Path], shard: Shard, failed: int, args: a
         logger.info("shard %s done; %d of the %d cases have no result yet: the last shard to finish, or "
                     "`kidneytumorseg summarize %s`, writes the summary", shard, len(waiting), len(found), out)
     else:
-        report_summary(*write_summary(out, args.overwrite))
+        report_summary(*write_summary(out, args.overwrite, args.triage))
     if args.progress == "json":
         print(json.dumps({"type": "done", "output": str(out)}), flush=True)
     return EXIT_CASES_FAILED if failed else EXIT_OK

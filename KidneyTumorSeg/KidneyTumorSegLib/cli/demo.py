@@ -23,7 +23,7 @@ def sample_case_path() -> Path:
 
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="run the shipped sample through the shipped bundle",
-                                 description="Segment the shipped sample with the shipped demo bundle; writes the label map, report and QA picture, and prints Dice against the sample's truth.")
+                                 description="Segment the shipped sample with the shipped demo bundle; writes the label map, report, QA picture and uncertainty map, and prints Dice against the sample's truth.")
     parser.add_argument("--out", type=Path, default=Path("kidneytumorseg-demo"), help="output folder (default ./kidneytumorseg-demo)")
     add_model_options(parser)
     parser.set_defaults(handler=run_demo)
@@ -36,6 +36,7 @@ def run_demo(args: argparse.Namespace) -> int:
     args.output = args.out / "segmentation.nii.gz"
     args.report = args.out / "report.json"
     args.qa = args.out / "qa.png"
+    args.uncertainty = args.out / "uncertainty.nii.gz"
     args.box = None
     args.bundle = args.bundle or default_bundle_path()
     run_segment(args)
@@ -44,6 +45,6 @@ def run_demo(args: argparse.Namespace) -> int:
     scores = kits_dice(predicted, truth)
     report = json.loads(args.report.read_text(encoding="utf-8"))
     summary = {"dice": scores, "seconds": report["seconds"]["total"], "peak_rss_mb": report["peak_rss_mb"],
-               "outputs": [str(args.output), str(args.report), str(args.qa)]}
+               "outputs": [str(args.output), str(args.report), str(args.qa), str(args.uncertainty)]}
     print(json.dumps(summary, indent=2))
     return 0

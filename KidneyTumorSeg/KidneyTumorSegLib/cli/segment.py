@@ -14,8 +14,9 @@ from typing import Any
 from ..boxes import Box
 from ..bundle import ModelBundle, default_bundle_path, load_bundle
 from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
+from ..crop_values import crop_to_frame, crop_to_source
 from ..geometry import WorkingFrame, working_frame_for
-from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_label_map
+from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_image, write_label_map
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
 from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, rounded, stage1_json
@@ -90,7 +91,10 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
                         help="write a JSON report: boxes, timings, volumes of kidney (1) and tumor (2), tumor sizes "
                              "(default: none)")
     parser.add_argument("--qa", type=Path, default=None,
-                        help="write a QA picture (PNG) of boxes, landmarks and result (default: none)")
+                        help="write a QA picture (PNG) of boxes, landmarks, result and uncertainty (default: none)")
+    parser.add_argument("--uncertainty", type=Path, default=None,
+                        help="write where the ensemble disagrees: float32 in [0, 1] on the input's grid (.nii.gz, .nii "
+                             "or .nrrd); 0 = the models agree, >= 0.45 = disputed (default: none)")
     add_model_options(parser)
     parser.set_defaults(handler=run_segment)
 
@@ -223,24 +227,34 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "seconds": {"total": seconds, **result.timings},
         "peak_rss_mb": peak_rss_mb(),
     }
+    if result.review is not None:
+        report["review"] = result.review.review
+        report["uncertainty"] = result.review.to_json()
     return rounded(report)
 
 
 def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, overwrite: bool,
-                  report: dict | None = None, report_path: Path | None = None, qa: Path | None = None) -> None:
-    """Write the label map / segmentation, and the report and QA picture when asked: all or nothing."""
+                  report: dict | None = None, report_path: Path | None = None, qa: Path | None = None,
+                  uncertainty: Path | None = None) -> None:
+    """Write the label map / segmentation, and the report, QA picture and uncertainty map (float32
+    on the input grid) when asked: all or nothing."""
     with contextlib.ExitStack() as stack:
         labels = stack.enter_context(atomic_output(output, overwrite))
         write_result(labels, result.labels, case.image.affine, output)
         if report is not None and report_path is not None:
             report_file = stack.enter_context(atomic_output(report_path, overwrite))
             report_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if uncertainty is not None:
+            uncertainty_file = stack.enter_context(atomic_output(uncertainty, overwrite))
+            write_image(uncertainty_file, crop_to_source(result.uncertainty, result.crop_box, case.frame), case.image.affine,
+                        overwrite=True)
         if qa is not None:
             from ..qa import save_qa_png
 
             qa_path = stack.enter_context(atomic_output(qa, overwrite))
+            doubt = None if result.uncertainty is None else crop_to_frame(result.uncertainty, result.crop_box, case.frame.shape)
             save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing,
-                        title="; ".join(result_notes(report or {})))
+                        title="; ".join(result_notes(report or {})), uncertainty_zyx=doubt)
 
 
 def write_result(temporary: Path, labels, affine, destination: Path) -> None:
@@ -262,6 +276,16 @@ def check_output_name(path: Path) -> None:
         raise ValueError(f"{path}: output must end with .nii.gz, .nii, .nrrd or .seg.nrrd")
 
 
+def check_uncertainty_name(path: Path | None) -> None:
+    """``--uncertainty`` must name a volume file (not a segmentation); pynrrd for .nrrd."""
+    if path is None:
+        return
+    if path.name.lower().endswith(SEGMENTATION_OUTPUT) or image_suffix(path) not in LABEL_OUTPUTS:
+        raise ValueError(f"{path}: --uncertainty must end with .nii.gz, .nii or .nrrd")
+    if image_suffix(path) == ".nrrd" and importlib.util.find_spec("nrrd") is None:
+        raise RuntimeError("writing .nrrd needs pynrrd (pip install 'kidneytumorseg[cli]')")
+
+
 def check_writers(output: Path | None, qa: Path | None) -> None:
     """Fail before any work when an output needs an optional package that is not installed."""
     if output is not None and output.name.lower().endswith(SEGMENTATION_OUTPUT):
@@ -278,8 +302,9 @@ def check_writers(output: Path | None, qa: Path | None) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_output_name(args.output)
+    check_uncertainty_name(args.uncertainty)
     check_writers(args.output, args.qa)
-    refuse_existing([args.output, args.report, args.qa], args.overwrite)
+    refuse_existing([args.output, args.report, args.qa, args.uncertainty], args.overwrite)
     options = inference_options(args)
     box = read_box_option(args.box)
     image = read_checked_image(args)
@@ -290,7 +315,7 @@ def run_segment(args: argparse.Namespace) -> int:
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
         result = cascade.segment(image, crop, display, case=case)
         report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image)
-        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa)
+        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
         logger.warning("%s: no kidney found: the result is empty (%s). Check the crop with --qa, or give one with --box",

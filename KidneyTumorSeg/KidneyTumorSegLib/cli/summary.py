@@ -1,7 +1,8 @@
 """`summary.csv` of a batch output folder, rebuilt from the case records there; `summarize`.
 
 A finished case leaves ``<case>.json`` (its `segment --report`), a failed one ``<case>.failed.json``
-(its error). The summary holds one row per case record in the folder, sorted by case name, so a
+(its error). The summary holds one row per case record in the folder, sorted by case name (or
+with ``--triage`` by review score, most doubtful first), so a
 resumed run, or several shards writing to one folder, loses no row. An existing summary with other
 rows is never replaced without ``--overwrite``: the new one goes beside it as ``summary-2.csv``
 (``-3``, ...).
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_NAME = "summary.csv"
 FAILED_SUFFIX = ".failed.json"
 SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", "kidney_ml", "tumor_ml", "tumor_count",
-                  "largest_tumor_diameter_mm", "error")
+                  "largest_tumor_diameter_mm", "review_score", "review", "disputed_ml", "error")
 
 
 def failure_path(folder: Path, case: str) -> Path:
@@ -51,7 +52,21 @@ def read_record(path: Path) -> dict[str, Any] | None:
     case = data.get("case") or path.name[: -len(".json")]  # reports of older versions hold no case name
     return {"case": case, "status": "ok", "seconds": (data.get("seconds") or {}).get("total"), "kidney_found": data.get("kidney_found"),
             "kidney_ml": round(measured["kidney_ml"]["total"], 2), "tumor_ml": round(measured["tumor_ml"]["total"], 2),
-            "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1)}
+            "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1),
+            **review_columns(data.get("uncertainty"))}
+
+
+def review_columns(review: Any) -> dict[str, Any]:
+    """The summary columns of a report's review (``CaseReview.to_json``); none without one."""
+    if not isinstance(review, dict):
+        return {}
+    return {"review_score": review["score"], "review": "yes" if review["review"] else "no", "disputed_ml": review["disputed_ml"]}
+
+
+def triaged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` by review score, highest (most doubtful) first; rows without a score (failed
+    cases, older reports) keep their order after them."""
+    return sorted(rows, key=lambda row: -row["review_score"] if "review_score" in row else float("inf"))
 
 
 def summary_rows(folder: Path) -> list[dict[str, Any]]:
@@ -74,14 +89,14 @@ def summary_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_summary(folder: Path, overwrite: bool = False) -> tuple[Path, list[dict[str, Any]]]:
-    """Write the summary of ``folder``; returns its path and rows.
+def write_summary(folder: Path, overwrite: bool = False, triage: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the summary of ``folder`` (by case, or with ``triage`` most doubtful first); returns its path and rows.
 
     ``summary.csv`` when it is new, holds these rows already, or ``overwrite``; otherwise the first
     of ``summary-2.csv``, ``summary-3.csv``, ... that is new or holds these rows. Files are
     created whole and exclusively, so shards finishing together neither clobber nor repeat one.
     """
-    rows = summary_rows(folder)
+    rows = triaged(summary_rows(folder)) if triage else summary_rows(folder)
     text = summary_text(rows)
     if overwrite:
         with atomic_output(folder / SUMMARY_NAME, overwrite=True) as temporary:
@@ -127,7 +142,14 @@ def add_summarize_parser(commands: argparse._SubParsersAction) -> None:
                                              "some failed (their errors are in the summary); 1: no case records.")
     parser.add_argument("output_dir", type=Path, help="the output folder of one or more `batch` runs")
     parser.add_argument("--overwrite", action="store_true", help="replace summary.csv (default: keep it)")
+    add_triage_option(parser)
     parser.set_defaults(handler=run_summarize)
+
+
+def add_triage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--triage", action="store_true",
+                        help="order the summary by review score, most doubtful first; cases without one (failed) last "
+                             "(default: by case name)")
 
 
 def report_summary(path: Path, rows: list[dict[str, Any]]) -> int:
@@ -144,5 +166,5 @@ def run_summarize(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.output_dir}: folder not found")
     if not summary_rows(args.output_dir):
         raise ValueError(f"{args.output_dir}: no case records (<case>.json) of a batch run")
-    path, rows = write_summary(args.output_dir, args.overwrite)
+    path, rows = write_summary(args.output_dir, args.overwrite, args.triage)
     return report_summary(path, rows)

@@ -2,8 +2,8 @@
 
 Inside Slicer the application already owns the scene and the module logics. Outside it a bare
 ``vtkMRMLScene`` lacks them: :func:`new_headless_scene` creates the application logic, its colour
-logic and the volumes, segmentations, markups, subject-hierarchy, tables and crop-volume logics,
-as Slicer does at start-up (a segmentation cannot hold a binary labelmap without them).
+logic (and the colour legends' node class) and the volumes, segmentations, markups,
+subject-hierarchy, tables and crop-volume logics, as Slicer does at start-up (a segmentation cannot hold a binary labelmap without them).
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def new_headless_scene() -> HeadlessScene:
     colors.SetMRMLApplicationLogic(application)
     colors.AddDefaultColorNodes()
     application.SetModuleLogic("Colors", colors)
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # as Slicer's Colors module does at start-up
     headless = HeadlessScene(scene, application, {"colors": colors})
     for name, class_name in _MODULE_LOGICS.items():
         logic = getattr(slicer, class_name)()

@@ -9,8 +9,10 @@ TABLE_NODE = "vtkMRMLTableNode"
 COLUMNS = ("Measurement", "Left", "Right", "Total")
 
 
-def measurement_rows(measurements: dict[str, Any]) -> list[tuple[str, float, float, float]]:
-    """Rows ``(name, left, right, total)`` from ``measurements.measure``'s dict (sides: the patient's)."""
+def measurement_rows(measurements: dict[str, Any], review: dict[str, Any] | None = None) -> list[tuple[str, float, float, float]]:
+    """Rows ``(name, left, right, total)`` from ``measurements.measure``'s dict (sides: the patient's),
+    then, with the report's ``review`` (``CaseReview.to_json``), the review score, whether the
+    case needs review (1 / 0) and the disputed volume: for the whole case, NaN per side."""
     tumors = measurements.get("tumors", [])
 
     def per_side(key: str, reduce) -> tuple[float, float, float]:
@@ -20,16 +22,24 @@ def measurement_rows(measurements: dict[str, Any]) -> list[tuple[str, float, flo
     def largest(values: list[float]) -> float:
         return max(values, default=0.0)
 
-    return [
+    rows = [
         ("Kidney volume (mL)", *(float(measurements["kidney_ml"][s]) for s in ("left", "right", "total"))),
         ("Tumor volume (mL)", *(float(measurements["tumor_ml"][s]) for s in ("left", "right", "total"))),
         ("Tumor count", *(float(v) for v in per_side("volume_ml", len))),
         ("Largest tumor diameter (mm)", *per_side("diameter_mm", largest)),
     ]
+    if review is not None:
+        whole = float("nan")
+        rows += [
+            ("Review score (share disputed, 0-1)", whole, whole, float(review["score"])),
+            ("Needs review (1 = yes)", whole, whole, float(review["review"])),
+            ("Disputed volume (mL)", whole, whole, float(review["disputed_ml"])),
+        ]
+    return rows
 
 
-def fill_measurements_table(node: Any, measurements: dict[str, Any]) -> Any:
-    """Replace the contents of table ``node`` with the measurement rows; returns ``node``."""
+def fill_measurements_table(node: Any, measurements: dict[str, Any], review: dict[str, Any] | None = None) -> Any:
+    """Replace the contents of table ``node`` with the measurement (and review) rows; returns ``node``."""
     table = vtk.vtkTable()
     names = vtk.vtkStringArray()
     names.SetName(COLUMNS[0])
@@ -38,7 +48,7 @@ def fill_measurements_table(node: Any, measurements: dict[str, Any]) -> Any:
         values = vtk.vtkDoubleArray()
         values.SetName(column)
         table.AddColumn(values)
-    rows = measurement_rows(measurements)
+    rows = measurement_rows(measurements, review)
     table.SetNumberOfRows(len(rows))
     for r, (name, *values) in enumerate(rows):
         names.SetValue(r, name)

@@ -82,9 +82,14 @@ def image_data_from_array(array: np.ndarray) -> Any:
 def add_volume(scene: Any, image: Image, name: str, class_name: str = "vtkMRMLScalarVolumeNode") -> Any:
     """A new volume node (scalar or label map) in ``scene`` with a copy of ``image``."""
     node = scene.AddNewNodeByClass(class_name, name)
+    set_volume_image(node, image)
+    return node
+
+
+def set_volume_image(node: Any, image: Image) -> None:
+    """Replace the voxels and geometry of a volume node with a copy of ``image``."""
     node.SetAndObserveImageData(image_data_from_array(image.array))
     node.SetIJKToRASMatrix(array_to_matrix(image.affine))
-    return node
 
 
 def write_volume_nifti(node: Any, path: str | os.PathLike) -> Path:
