@@ -6,7 +6,8 @@ stage 1's boxes and lets the user move the crop before stage 2 runs.
 
 Probability maps stay float32 from the networks' sigmoid to every threshold, so "p ≥ 0.5" (SPEC)
 is what runs: float16 storage would turn p in [0.49988, 0.5) into 0.5. The six 2D tumor maps are
-summed as they come, so this costs no more memory than six float16 maps did.
+summed as they come: under the default labels stage 2 holds at most 20 bytes a crop voxel in maps
+(KT, the two 3D tumor models, the 2D sum and the 2D map being made), where float16 maps held 18.
 """
 from __future__ import annotations
 
