@@ -8,8 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from repo_files import REPO, repository_files
 
-REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "KidneyTumorSeg"
 TOP_CMAKE = REPO / "CMakeLists.txt"
 CATALOG_ENTRY = REPO / "Resources" / "ExtensionsIndex" / "KidneyTumorSeg.json"
@@ -34,9 +34,7 @@ def cmake_variables(path: Path = TOP_CMAKE) -> dict[str, str]:
 
 
 def repository_text_files() -> list[Path]:
-    skip = {".venv", ".git", "__pycache__", "build"}
-    return [p for p in REPO.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES | {""} and not skip & set(p.relative_to(REPO).parts)
-            and p.stat().st_size < 2_000_000]
+    return [path for path in repository_files() if path.suffix in TEXT_SUFFIXES or path.name == "CMakeLists.txt"]
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -111,6 +111,7 @@ def test_export_writes_a_bundle_the_inference_side_loads(cache, tmp_path, half):
     provenance = bundle.manifest["provenance"]
     assert provenance["data"] == "3 synthetic cases" and provenance["evaluation"] == {"kidney_dice": 0.5}
     assert provenance["runs"]["KT"]["config"]["base_channels"] == 2
+    assert provenance["runs"]["KT"]["folder"] == f"{tmp_path.name}/KT"  # relative to the work folder: no machine path
     assert provenance["weights_dtype"] == ("float16" if half else "float32")
     assert "git" in provenance
     # Inference normalises a CT exactly as the training cache did: the bundle holds the trained HU window.

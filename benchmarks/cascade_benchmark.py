@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 for layout in layouts:
                     for mode in args.modes.split(","):
                         runs.append({"slices": depth, **run_child(args, mode, threads, layout, image, labels)})
-        result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "mask": str(args.mask), "bundle": str(args.bundle),
+        bundle = f"untrained (width {args.untrained}, temporary)" if args.untrained is not None else str(args.bundle)
+        result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "mask": str(args.mask), "bundle": bundle,
                   "overlap": args.overlap, "batch_size": args.batch_size, "compile": args.compile, "runs": runs, "speedup_cascade_vs_full": speedups(runs)}
     text = json.dumps(result, indent=2)
     print(text)

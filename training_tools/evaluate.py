@@ -102,7 +102,7 @@ def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike,
     write_rows(out_dir / CSV_NAME, rows)
     summary = summarise_rows(rows)
     summary.update(summarise_uncertainty(rows))
-    summary.update({"bundle": str(Path(bundle_path).resolve()), "data": str(Path(data_dir).resolve()),
+    summary.update({"bundle": Path(bundle_path).resolve().name, "data": Path(data_dir).resolve().name,  # no machine path
                     "fold": fold, "folds": folds, "split_seed": seed, "device": str(pick_device(options.device)),
                     "cases_evaluated": [r["case_id"] for r in rows]})
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")

@@ -43,9 +43,18 @@ def load_run_network(run_dir: Path, half: bool = False) -> tuple[str, torch.nn.M
     return summary["role"], network.half() if half else network, summary["architecture"], summary["params"], summary
 
 
+def work_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """``path`` as a bundle records it: relative to the work folder of ``run_dir`` (the folder
+    holding its runs' folder: ``<work folder>/runs/KT`` -> ``runs/KT``), so that no machine path is
+    shipped. ``path`` must lie in that work folder."""
+    work = Path(run_dir).resolve().parent.parent
+    return Path(path).resolve().relative_to(work).as_posix()
+
+
 def run_provenance(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What a bundle records of one run; a run started from another run's ``model.pt``
-    (``--init-weights``) also records that run, under ``initialised_from``."""
+    (``--init-weights``) also records that run, under ``initialised_from`` (its weights relative to
+    that run's work folder)."""
     keys = ("config", "spec_deviations", "fold", "folds", "split_seed", "iteration", "total_iterations",
             "validation", "validation_held_out", "world_size", "device", "amp", "seconds_this_run")
     record = {k: summary.get(k) for k in keys}
@@ -53,7 +62,7 @@ def run_provenance(summary: Mapping[str, Any]) -> dict[str, Any]:
     if summary.get("init_weights"):
         weights = Path(summary["init_weights"])
         base = weights.parent / RUN_NAME
-        record["initialised_from"] = {"weights": str(weights),
+        record["initialised_from"] = {"weights": work_relative(weights, weights.parent),
                                       **(run_provenance(read_run(weights.parent)) if base.is_file() else {})}
     return record
 
@@ -73,7 +82,7 @@ def export_bundle(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
         if role in networks:
             raise ValueError(f"two runs train {role}: {run_dir} and {runs[role]['folder']}")
         networks[role] = (network, architecture, params)
-        runs[role] = {"folder": str(run_dir), **run_provenance(summary)}
+        runs[role] = {"folder": work_relative(run_dir, run_dir), **run_provenance(summary)}
     missing = [r for r in ("stage1", "KT") if r not in networks]
     if missing:
         raise ValueError(f"the cascade needs {', '.join(missing)}: add their runs")
