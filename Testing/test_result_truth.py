@@ -111,21 +111,30 @@ def test_kidney_finding_names_a_given_crop_and_counts_tumor_as_kidney():
 
 def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):
     pytest.importorskip("matplotlib")
+    import matplotlib.colors
     import matplotlib.image
 
     from KidneyTumorSegLib.boxes import Box
-    from KidneyTumorSegLib.qa import save_qa_png
+    from KidneyTumorSegLib.qa import TITLE_COLOUR, save_qa_png
     from KidneyTumorSegLib.stage1 import Landmark, Stage1Result
 
     shape = (20, 80, 80)
     seg, landmarks, crop = Box((2, 10, 10), (17, 69, 69)), Box((4, 20, 20), (15, 59, 59)), Box((6, 30, 30), (13, 49, 49))
     stage1 = Stage1Result(seg, landmarks, seg, None, crop, (Landmark("center", (10.0, 40.0, 40.0), 0.9),), ())
-    path = tmp_path / "qa.png"
-    save_qa_png(path, np.zeros(shape, np.float32), np.zeros(shape, np.uint8), crop, stage1, (3.0, 0.78, 0.78), title=DEMO_NOTICE)
-    pixels = matplotlib.image.imread(path)[..., :3].reshape(-1, 3)
+    def draw(title: str) -> np.ndarray:
+        path = tmp_path / "qa.png"
+        save_qa_png(path, np.zeros(shape, np.float32), np.zeros(shape, np.uint8), crop, stage1, (3.0, 0.78, 0.78), title=title)
+        return matplotlib.image.imread(path)[..., :3]
+
+    def count(pixels: np.ndarray, rgb: tuple[float, float, float]) -> int:
+        return int((np.abs(pixels.reshape(-1, 3) - np.array(rgb)).max(axis=1) < 0.04).sum())
+
+    with_title, without = draw(DEMO_NOTICE), draw("")
     for colour in [*BOX_COLOURS.values(), LANDMARK_COLOUR]:
-        distance = np.abs(pixels - np.array(colour.rgb)).max(axis=1)
-        assert (distance < 0.04).sum() > 20, f"no {colour.name} in the QA picture"
+        assert count(with_title, colour.rgb) > 20, f"no {colour.name} in the QA picture"
+    title_rgb = matplotlib.colors.to_rgb(TITLE_COLOUR)
+    # The whole notice is drawn on top (about 2800 pixels of its colour; one word would give about 300).
+    assert count(with_title[:40], title_rgb) > 1500 and count(without, title_rgb) == 0
 
 
 def test_each_box_has_one_colour_in_slicer_the_panel_and_the_readme():

@@ -9,6 +9,7 @@ from .boxes import Box
 from .colours import BOX_COLOURS, LANDMARK_COLOUR
 from .stage1 import Stage1Result
 
+TITLE_COLOUR = "#ffd000"
 LABEL_COLOURS = {1: (0.86, 0.38, 0.27), 2: (0.95, 0.85, 0.2)}
 UNCERTAINTY_COLOURMAP = "inferno"
 
@@ -41,7 +42,7 @@ def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx:
     views = [("axial", 0, (1, 2), spacing_zyx[1] / spacing_zyx[2]), ("coronal", 1, (0, 2), spacing_zyx[0] / spacing_zyx[2])]
     panels = 2 if uncertainty_zyx is None else 3
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 6), facecolor="black")
-    for axis, (title, cut, (row_axis, col_axis), aspect) in zip(axes, views):
+    for axis, (view, cut, (row_axis, col_axis), aspect) in zip(axes, views):
         index = [slice(None)] * 3
         index[cut] = centre[cut]
         image, labels = normalized_zyx[tuple(index)], labels_zyx[tuple(index)]
@@ -59,14 +60,14 @@ def save_qa_png(path: str | os.PathLike, normalized_zyx: np.ndarray, labels_zyx:
             near = [lm for lm in stage1.landmarks if abs(lm.zyx[cut] - centre[cut]) <= 2]
             if near:
                 axis.scatter([lm.zyx[col_axis] for lm in near], [lm.zyx[row_axis] for lm in near], s=12, c=LANDMARK_COLOUR.hex, label="landmarks")
-        axis.set_title(f"{title} slice {centre[cut]} (working frame)", color="white")
+        axis.set_title(f"{view} slice {centre[cut]} (working frame)", color="white")
         axis.axis("off")
     axes[0].legend(loc="lower right", fontsize=8, facecolor="black", labelcolor="white")
     if uncertainty_zyx is not None:
         _uncertainty_panel(figure, axes[2], normalized_zyx[centre[0]], uncertainty_zyx[centre[0]], views[0][3], centre[0])
     if title:
-        figure.suptitle(title, color="#ffd000", fontsize=13, fontweight="bold")
-    figure.tight_layout()
+        figure.suptitle(title, color=TITLE_COLOUR, fontsize=13, fontweight="bold")
+    figure.tight_layout(rect=(0, 0, 1, 0.95) if title else None)  # room for the title
     figure.savefig(os.fspath(path), dpi=100, facecolor="black")
     plt.close(figure)
 
