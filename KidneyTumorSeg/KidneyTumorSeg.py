@@ -25,7 +25,8 @@ from KidneyTumorSegLib.colours import BOX_COLOURS, LANDMARK_COLOUR
 MODULE_NAME = "KidneyTumorSeg"
 LIBRARY = "KidneyTumorSegLib"
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(MODULE_DIR, "Resources", "Sample", "case_sample", "imaging.nii.gz")
+SAMPLE_FOLDER = os.path.join(MODULE_DIR, "Resources", "Sample")  # one KiTS19-layout case: case_sample/imaging.nii.gz
+SAMPLE = os.path.join(SAMPLE_FOLDER, "case_sample", "imaging.nii.gz")
 
 
 class KidneyTumorSeg(ScriptedLoadableModule):

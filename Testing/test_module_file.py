@@ -64,3 +64,46 @@ def test_with_dependencies_the_controller_is_built_and_the_path_editor_keeps_the
     assert result["path_editor_sets"] == []  # what the user typed is not written back
     assert result["path_editor_after_change"] == "/models/other"
     assert result["history_calls"] == [["addCurrentPathToHistory"]] and result["history_calls_again"] == result["history_calls"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def console_snippets() -> list[tuple[str, str]]:
+    """The Python console examples of the README and docs/slicer_console.md, by file."""
+    import re
+
+    found = []
+    for name in ("README.md", "docs/slicer_console.md"):
+        text = (REPO / name).read_text(encoding="utf-8")
+        found += [(name, code) for code in re.findall(r"```python\n(.*?)```", text, re.S) if "KidneyTumorSegLogic" in code]
+    return found
+
+
+def test_the_console_snippets_run_as_written():
+    """Each name a snippet reads is defined above it (or is Slicer's); what it takes from the module
+    and the logic exists there."""
+    import ast
+
+    module = ast.parse((REPO / "KidneyTumorSeg" / "KidneyTumorSeg.py").read_text(encoding="utf-8"))
+    module_names = {target.id for node in module.body if isinstance(node, ast.Assign) for target in node.targets
+                    if isinstance(target, ast.Name)} | {node.name for node in module.body if hasattr(node, "name")}
+    logic = next(node for node in module.body if isinstance(node, ast.ClassDef) and node.name == "KidneyTumorSegLogic")
+    logic_methods = {node.name for node in logic.body if isinstance(node, ast.FunctionDef)} | {
+        node.attr for node in ast.walk(logic) if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)}
+    snippets = console_snippets()
+    assert {name for name, _ in snippets} == {"README.md", "docs/slicer_console.md"}
+    for name, code in snippets:
+        defined = {"slicer"}
+        for statement in ast.parse(code).body:
+            nodes = list(ast.walk(statement))
+            used = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            assert used <= defined, f"{name}: {sorted(used - defined)} used before it is defined"
+            defined |= {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            defined |= {alias.asname or alias.name for n in nodes if isinstance(n, ast.Import) for alias in n.names}
+            for node in nodes:
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                    if node.value.id == "KidneyTumorSeg":
+                        assert node.attr in module_names, f"{name}: KidneyTumorSeg.{node.attr} does not exist"
+                    if node.value.id == "logic":
+                        assert node.attr in logic_methods, f"{name}: logic.{node.attr} does not exist"
