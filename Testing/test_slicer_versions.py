@@ -70,3 +70,38 @@ def test_the_terminology_tag_reads_back_what_was_written():
     _describe(segment, KIDNEY)
     assert segment_terminology(segment) == KIDNEY.terminology
     assert segment.GetTerminology() == KIDNEY.terminology  # what Slicer >= 5.10 reads from the same tag
+
+
+def python_3_9() -> str | None:
+    """A Python 3.9 interpreter (Slicer 5.8 ships 3.9.10), or None."""
+    import shutil
+    import subprocess
+
+    candidates = [shutil.which("python3.9"), *map(str, sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python3.9")))]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def test_the_module_and_engine_parse_and_start_on_python_3_9(tmp_path):
+    """Slicer 5.8's Python: every module file compiles, and what the panel runs at start (the
+    dependency check, the colours) imports and runs with the standard library alone."""
+    import subprocess
+
+    python = python_3_9()
+    if python is None:
+        pytest.skip("no Python 3.9 here")
+    files = [MODULE_DIR / "KidneyTumorSeg.py", *sorted(LIB.rglob("*.py"))]
+    script = (
+        "import sys, pathlib\n"
+        f"for path in {[str(f) for f in files]!r}:\n"
+        "    compile(pathlib.Path(path).read_text(encoding='utf-8'), path, 'exec')\n"
+        f"sys.path.insert(0, {str(MODULE_DIR)!r})\n"
+        "from KidneyTumorSegLib import colours, dependencies\n"
+        "status = dependencies.check(dependencies.SlicerPython())\n"
+        "print(status.describe(), colours.BOX_COLOURS['crop'].hex)\n"
+    )
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Install the PyTorch extension" in done.stdout and "#2ec46d" in done.stdout
