@@ -85,7 +85,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, name=name: self.setParameter(**{name: node}))
         for box, name in ((ui.showSegmentationBoxCheckBox, "show_segmentation_box"), (ui.showLandmarkBoxCheckBox, "show_landmark_box"),
                           (ui.showLandmarksCheckBox, "show_landmarks"), (ui.showResult3DCheckBox, "show_3d"),
-                          (ui.keepAllComponentsCheckBox, "keep_all_components")):
+                          (ui.showUncertaintyCheckBox, "show_uncertainty"), (ui.keepAllComponentsCheckBox, "keep_all_components")):
             box.connect("toggled(bool)", lambda checked, name=name: self.setParameter(**{name: checked}))
         ui.bundlePathLineEdit.connect("currentPathChanged(QString)", lambda path: self.setParameter(bundle_path=path))
         ui.deviceComboBox.connect("currentTextChanged(QString)", lambda text: self.setParameter(device=text))
@@ -196,6 +196,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.showLandmarkBoxCheckBox.checked = p.show_landmark_box
             ui.showLandmarksCheckBox.checked = p.show_landmarks
             ui.showResult3DCheckBox.checked = p.show_3d
+            ui.showUncertaintyCheckBox.checked = p.show_uncertainty
             ui.keepAllComponentsCheckBox.checked = p.keep_all_components
             ui.deviceComboBox.setCurrentText(p.device)
             ui.membersLineEdit.text = ",".join(p.members)
@@ -229,12 +230,15 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     """The blocking API for the Python console and batch use; no pop-ups unless ``interactive``.
 
     ``options`` are :class:`KidneyTumorSegLib.controller.Parameters` fields: ``bundle_path``,
-    ``device``, ``members``, ``overlap``, ``min_tumor_pixels``, ``keep_all_components``, ``show_3d``.
+    ``device``, ``members``, ``overlap``, ``min_tumor_pixels``, ``keep_all_components``, ``show_3d``,
+    ``show_uncertainty``. After ``segment``, ``lastReview`` is the case's review: ``score`` (share of
+    the labelled region where the models disagree), ``review`` (True: look at it), ``disputed_ml``.
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastResult = None
+        self.lastReview = None
 
     def command(self):
         from KidneyTumorSegLib.process import CliCommand
@@ -272,7 +276,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
             if state not in (State.LOCATED, State.DONE):
                 raise RuntimeError(f"KidneyTumorSeg {start} {state.value}: {controller.error}")
             logging.info("KidneyTumorSeg: %s", controller.status())
-            self.lastResult = controller.parameters
+            self.lastResult, self.lastReview = controller.parameters, controller.review
             return self.lastResult
         finally:
             controller.close()
@@ -283,7 +287,9 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         return self._run("locate", volumeNode, **options)
 
     def segment(self, volumeNode, roiNode=None, segmentationNode=None, tableNode=None, overwrite=False, **options):
-        """Stage 2 inside ``roiNode`` (the whole cascade when None); returns the segmentation node.
+        """Stage 2 inside ``roiNode`` (the whole cascade when None); returns the segmentation node,
+        and keeps the case's review in ``lastReview`` (also in the node's ``KidneyTumorSeg.Review*``
+        attributes).
 
         A new segmentation (and table) is created unless one is given; an existing one with
         segments is replaced only when ``overwrite``."""
@@ -349,8 +355,10 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         set_roi_box(located.crop_roi, RasBox(tuple(v - 5 for v in box.low), tuple(v + 5 for v in box.high)))
         segmentation = logic.segment(volume, located.crop_roi, show_3d=False)
         names = {segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(segmentation.GetSegmentation().GetNumberOfSegments())}
-        self.assertEqual(names, {"Kidney", "Tumor"})
+        self.assertEqual(names, {"Kidney", "Tumor", "Review"})
         self.assertIsNotNone(logic.lastResult.results_table)
+        self.assertIsNotNone(logic.lastResult.uncertainty_volume)
+        self.assertTrue(0.0 <= logic.lastReview["score"] <= 1.0)
         self.delayDisplay("Segmented")
         controller = logic.createController(None, confirm=lambda question: False)
         controller.update(input_volume=volume)

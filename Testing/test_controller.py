@@ -284,6 +284,9 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     assert rows["Needs review (1 = yes)"][2] == float(report["review"])
     assert rows["Disputed volume (mL)"][2] == pytest.approx(report["disputed_ml"], abs=0.005)
     assert f"Review score {report['score']:.2f}" in controller.status()
+    attributes = {name: p.output_segmentation.GetAttribute(f"KidneyTumorSeg.{name}") for name in ("ReviewScore", "NeedsReview", "DisputedVolumeML")}
+    assert attributes == {"ReviewScore": str(report["score"]), "NeedsReview": "true" if report["review"] else "false",
+                          "DisputedVolumeML": str(report["disputed_ml"])}
 
     controller.update(show_uncertainty=False)
     assert not view.GetForegroundVolumeID() and not legend.GetVisibility()

@@ -37,6 +37,7 @@ EXPECTED_WIDGETS = {
     "minTumorPixelsSpinBox": "QSpinBox",
     "keepAllComponentsCheckBox": "QCheckBox",
     "showResult3DCheckBox": "QCheckBox",
+    "showUncertaintyCheckBox": "QCheckBox",
     "segmentButton": "QPushButton",
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",

@@ -26,7 +26,9 @@ from .locate_result import LocateOutcome
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
 from .mrml.scene import node_ids
-from .mrml.segmentation import fill_review_segment, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, show_3d
+from .mrml.segmentation import (
+    fill_review_segment, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, set_review_attributes, show_3d,
+)
 from .mrml.table import TABLE_NODE, fill_measurements_table
 from .mrml.uncertainty import set_overlay, show_uncertainty
 from .mrml.volumes import volume_affine, write_volume_nifti
@@ -416,6 +418,7 @@ class Controller:
         uncertainty = show_uncertainty(p.uncertainty_volume, image, self.scene, f"{name} uncertainty", job.volume,
                                        p.show_uncertainty)
         fill_review_segment(target, image.array >= review["disputed_threshold"], image.affine)
+        set_review_attributes(target, review)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
         fill_measurements_table(table, report["measurements"], review)
         self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty))

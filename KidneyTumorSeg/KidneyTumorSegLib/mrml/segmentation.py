@@ -51,6 +51,7 @@ TUMOR = SegmentSpec(
 SEGMENTS = (KIDNEY, TUMOR)
 REVIEW_SEGMENT = "Review"  # where the ensemble disagrees: not anatomy, so no terminology; hidden until asked for
 REVIEW_COLOR = (1.0, 0.0, 1.0)
+REVIEW_ATTRIBUTE_PREFIX = "KidneyTumorSeg."
 
 
 def oriented_image(array: np.ndarray, affine: np.ndarray) -> Any:
@@ -130,6 +131,15 @@ def fill_review_segment(node: Any, disputed: np.ndarray, affine: np.ndarray) -> 
         node.CreateDefaultDisplayNodes()
     node.GetDisplayNode().SetSegmentVisibility(identifier, False)
     return identifier
+
+
+def set_review_attributes(node: Any, review: dict[str, Any]) -> None:
+    """Keep a case's review (``CaseReview.to_json``) with its segmentation, saved with the scene:
+    attributes ``KidneyTumorSeg.ReviewScore``, ``KidneyTumorSeg.NeedsReview`` (true / false) and
+    ``KidneyTumorSeg.DisputedVolumeML``."""
+    node.SetAttribute(f"{REVIEW_ATTRIBUTE_PREFIX}ReviewScore", str(review["score"]))
+    node.SetAttribute(f"{REVIEW_ATTRIBUTE_PREFIX}NeedsReview", "true" if review["review"] else "false")
+    node.SetAttribute(f"{REVIEW_ATTRIBUTE_PREFIX}DisputedVolumeML", str(review["disputed_ml"]))
 
 
 def new_segmentation_node(scene: Any, name: str) -> Any:
