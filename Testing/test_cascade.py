@@ -11,7 +11,7 @@ import torch
 
 from KidneyTumorSegLib.boxes import Box
 from KidneyTumorSegLib.bundle import ModelBundle, load_bundle
-from KidneyTumorSegLib.cascade import STAGE2_ORDER, TUMOR_2D_ROLES, Cascade, InferenceOptions
+from KidneyTumorSegLib.cascade import STAGE2_ORDER, TUMOR_2D_ROLES, TUMOR_3D_ROLES, Cascade, InferenceOptions
 from KidneyTumorSegLib.inference import Cancelled
 from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, WORKING_SPACING_ZYX, MethodSettings
 from KidneyTumorSegLib.stage1 import NoKidneyFound, stage2_crop
@@ -361,6 +361,21 @@ def test_uncertainty_of_the_ensemble(bundle: ModelBundle, strict: bool) -> None:
     plain = quiet.segment(image_in(_fusion_ct(), "IPL"), crop=Box.full(SHAPE))
     assert plain.uncertainty is None and plain.review is None and "uncertainty" not in plain.timings
     np.testing.assert_array_equal(plain.labels, result.labels)
+
+
+def test_the_uncertainty_hears_every_tumor_group_where_they_agree(bundle: ModelBundle) -> None:
+    """Every tumor group must have run wherever KT said foreground: a group skipped there (say,
+    because an earlier one already called the voxel tumor) would count as a vote against."""
+    n = normalized
+    agreeing = {"KT": ThresholdNet(n(100), n(280)), **{r: ThresholdNet(n(200), n(280)) for r in (*TUMOR_3D_ROLES, *TUMOR_2D_ROLES)}}
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[:, 2:62, 2:62] = 0
+    ct[4:16, 8:20, 8:20] = 150  # kidney: no group says tumor
+    ct[4:16, 30:42, 30:42] = 250  # tumor: every group says tumor
+    result = Cascade(_with(bundle, agreeing), _options()).segment(image_in(ct, "IPL"), crop=Box.full(SHAPE))
+    assert np.all(result.labels[4:16, 30:42, 30:42] == 2) and np.all(result.labels[4:16, 8:20, 8:20] == 1)
+    np.testing.assert_allclose(result.uncertainty, 0.0, atol=1e-3)
+    assert result.review.tumor_agreement == 1.0 and result.review.score == 0.0
 
 
 def test_tumor_clean_up_threshold_is_the_setting(bundle: ModelBundle) -> None:

@@ -65,7 +65,8 @@ class InferenceOptions:
     cascade (the first patches wait for the compiler; pays off over many cases on a GPU).
 
     ``uncertainty``: also compute where the ensemble disagrees (uncertainty.py) and the case's
-    review score, from the probabilities stage 2 already holds (no network runs).
+    review score, from the probabilities stage 2 already holds (no network runs). It needs every
+    tumor group's probability wherever KT = 1: a group left out there would vote against.
     """
 
     device: str = "auto"
