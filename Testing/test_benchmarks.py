@@ -31,3 +31,22 @@ def test_cascade_benchmark_scales_over_depth_and_compares_with_full(tmp_path: Pa
     assert full["crop_shape"] == full["working_shape"]
     assert [(s["slices"], s["layout"]) for s in result["speedup_cascade_vs_full"]] == [
         (16, "channels_last"), (16, "contiguous"), (32, "channels_last"), (32, "contiguous")]
+
+
+def test_cascade_benchmark_compares_runs_with_and_without_the_uncertainty(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cascade_benchmark.py"), "--mask", str(MASK),
+                    "--untrained", "2", "--slices", "16", "--threads", "1", "--crop-from-truth", "--modes", "cascade",
+                    "--uncertainty", "on,off", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    on, off = result["runs"]
+    assert (on["uncertainty"], off["uncertainty"]) == ("on", "off") and "error" not in on and "error" not in off
+    assert {"uncertainty", "uncertainty_to_input_grid", "write_uncertainty"} <= set(on["seconds"])
+    assert not {"uncertainty", "uncertainty_to_input_grid", "write_uncertainty"} & set(off["seconds"])
+    assert 0.0 <= on["review"]["score"] <= 1.0 and off["review"] is None
+    assert on["dice"] == off["dice"]  # the labels do not change
+    [cost] = result["uncertainty_cost"]
+    assert cost["time_ratio"] == round(on["seconds_end_to_end"] / off["seconds_end_to_end"], 3)
+    assert cost["peak_rss_ratio"] == round(on["peak_rss_mb"] / off["peak_rss_mb"], 3)
+    assert cost["seconds_added"]["uncertainty"] == on["seconds"]["uncertainty"]
