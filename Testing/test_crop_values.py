@@ -33,11 +33,12 @@ def _reference(values: np.ndarray, crop: Box, frame) -> np.ndarray:
     ((30, 36, 24), _affine((0.7, 0.9, 4.0), "RAS")),  # thick slices, axes in another order
     ((24, 30, 28), rotation(12.0, axis=2) @ _affine((1.0, 0.8, 2.0), "RAS")),  # oblique
 ])
-def test_crop_values_on_the_input_grid_match_a_whole_frame_resampling(shape, affine) -> None:
+@pytest.mark.parametrize("slab", [1, 5, 16])
+def test_crop_values_on_the_input_grid_match_a_whole_frame_resampling(shape, affine, slab: int) -> None:
     frame = working_frame_for(shape, affine)
     crop = Box((2, 3, 4), (frame.shape[0] - 3, frame.shape[1] - 5, frame.shape[2] - 6))
     values = np.random.default_rng(0).random(crop.size).astype(np.float32)
-    result = crop_to_source(values, crop, frame)
+    result = crop_to_source(values, crop, frame, slab=slab)
     assert result.shape == shape and result.dtype == np.float32 and result.flags.f_contiguous
     np.testing.assert_allclose(result, _reference(values, crop, frame), atol=1e-5)
     assert result.max() > 0.5 and result.min() == 0.0  # the crop's values arrive; far from it, 0

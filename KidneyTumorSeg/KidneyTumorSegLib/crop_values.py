@@ -11,6 +11,7 @@ from .geometry import AxisMap, WorkingFrame, axis_map
 from .resample_torch import _separable
 
 _MARGIN = (2, 2, 2)  # total growth of the crop: one zero voxel on each side, so values fade to 0 past it
+SLAB_SLICES = 64  # input planes along k resampled at once: bounds the memory beside the result (tens of MB)
 
 
 def crop_to_frame(values: np.ndarray, crop: Box, shape: tuple[int, int, int]) -> np.ndarray:
@@ -20,12 +21,14 @@ def crop_to_frame(values: np.ndarray, crop: Box, shape: tuple[int, int, int]) ->
     return volume
 
 
-def crop_to_source(values: np.ndarray, crop: Box, frame: WorkingFrame) -> np.ndarray:
+def crop_to_source(values: np.ndarray, crop: Box, frame: WorkingFrame, slab: int = SLAB_SLICES) -> np.ndarray:
     """``values`` ``[z, y, x]`` of ``crop`` (0 outside it) linearly resampled onto the input grid.
 
     Returns float32 ``[i, j, k]`` of ``frame.source_shape`` in Fortran order (as NIfTI stores it);
     only the input voxels near the crop are interpolated, the rest are 0. Axis-aligned inputs are
-    resampled one axis at a time (as ``resample_torch`` prepares them), oblique ones by scipy.
+    resampled one axis at a time (as ``resample_torch`` prepares them), ``slab`` input planes
+    along k at a time, each straight into its place: besides the result, memory holds the crop and
+    one slab. Oblique inputs go through scipy.
     """
     if values.shape != crop.size:
         raise ValueError(f"values shape {values.shape} does not match the crop {crop.size}")
@@ -40,14 +43,26 @@ def crop_to_source(values: np.ndarray, crop: Box, frame: WorkingFrame) -> np.nda
     # target-box index -> grown-block index
     mapping = np.linalg.inv(frame.affine @ _shift(grown.start)) @ frame.source_affine @ _shift(target.start)
     if axis_map(frame) is None:
-        resampled = ndimage.affine_transform(block, mapping[:3, :3], offset=mapping[:3, 3], output_shape=target.size,
-                                             order=1, mode="nearest", prefilter=False)
-    else:
-        axes = tuple(int(np.argmax(np.abs(mapping[:3, a]))) for a in range(3))
-        per_axis = AxisMap(axes, tuple(float(mapping[w, a]) for a, w in enumerate(axes)),
-                           tuple(float(mapping[w, 3]) for w in axes))
-        resampled = _separable(torch.from_numpy(block), per_axis, target.size, order=1).numpy()
-    output[target.slices] = resampled
+        output[target.slices] = ndimage.affine_transform(block, mapping[:3, :3], offset=mapping[:3, 3], output_shape=target.size,
+                                                         order=1, mode="nearest", prefilter=False)
+        return output
+    axes = [int(np.argmax(np.abs(mapping[:3, a]))) for a in range(3)]  # the block axis each input axis reads
+    scale = [float(mapping[w, a]) for a, w in enumerate(axes)]
+    offset = [float(mapping[w, 3]) for w in axes]
+    source = torch.from_numpy(block)
+    planes = output.T[target.slices[::-1]]  # [k, j, i] of the target box, C-contiguous rows
+    for first in range(0, target.size[2], slab):
+        count = min(slab, target.size[2] - first)
+        # the block planes along axes[2] that these k planes read (linear: floor and ceil of their
+        # positions; beyond the block they read its edge plane)
+        ends = [scale[2] * k + offset[2] for k in (first, first + count - 1)]
+        last = block.shape[axes[2]] - 1
+        low = min(max(0, int(np.floor(min(ends)))), last)
+        high = max(min(last, int(np.ceil(max(ends)))), low)
+        part = source.narrow(axes[2], low, high - low + 1)
+        per_axis = AxisMap((axes[2], axes[1], axes[0]), (scale[2], scale[1], scale[0]),
+                           (offset[2] + scale[2] * first - low, offset[1], offset[0]))
+        planes[first:first + count] = _separable(part, per_axis, (count, target.size[1], target.size[0]), order=1).numpy()
     return output
 
 
