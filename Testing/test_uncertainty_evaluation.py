@@ -41,17 +41,21 @@ def _result(shape: tuple[int, int, int], crop: Box, labels_crop: np.ndarray, unc
     return SegmentationResult(labels_working, labels_working, crop, None, ("KT",), {}, uncertainty, review)
 
 
-def test_a_case_row_compares_labels_with_the_truth_inside_the_crop() -> None:
+def test_a_case_row_compares_labels_with_the_truth_inside_the_crop_and_the_kidneys() -> None:
     shape = (6, 20, 20)  # an I,P,L grid at the working spacing: the working frame itself
     truth = np.zeros(shape, np.uint8)
     truth[1:5, 5:15, 5:15] = 1
     crop = Box((0, 2, 2), (5, 17, 17))
     labels = truth[crop.slices].copy()
     labels[1:5, 3:5, 3:13] = 0  # 80 missed voxels
-    uncertainty = np.where(labels != truth[crop.slices], 0.8, 0.1).astype(np.float32)
+    uncertainty = np.where(labels != truth[crop.slices], 0.8, 0.0).astype(np.float32)
+    uncertainty[1:5, 5:7, 3:13] = 0.9  # 80 right kidney voxels more uncertain than the missed ones
     row = uncertainty_row(_result(shape, crop, labels, uncertainty), Image(truth, working_affine()), truth)
-    assert row["uncertainty_auroc"] == 1.0
     assert row["wrong_counts"].sum() == 80 and row["right_counts"].sum() == np.prod(crop.size) - 80
+    assert row["right_counts_kidneys"].sum() == 400 - 80 and row["wrong_counts_kidneys"].sum() == 80
+    background = np.prod(crop.size) - 400
+    assert row["uncertainty_auroc"] == pytest.approx((background + 240) / (background + 320))
+    assert row["uncertainty_auroc_kidneys"] == pytest.approx(240 / 320)
     assert (row["review_score"], row["review"], row["disputed_ml"]) == (0.3, True, 1.5)
 
 
@@ -61,7 +65,8 @@ def _rows(scores: list[float], tumor_dice: list[float]) -> list[dict]:
         wrong, right = np.zeros(BINS, np.int64), np.zeros(BINS, np.int64)
         wrong[800], right[100], right[900] = 10, 80, 10 * number  # later cases: more right voxels above the wrong ones
         rows.append({"case_id": f"case_{number:05d}", "review_score": score, "review": score >= 0.1, "tumor_dice": dice,
-                     "kidney_dice": 0.9, "uncertainty_auroc": auroc(wrong, right), "wrong_counts": wrong, "right_counts": right})
+                     "kidney_dice": 0.9, "uncertainty_auroc": auroc(wrong, right), "wrong_counts": wrong, "right_counts": right,
+                     "uncertainty_auroc_kidneys": auroc(right, wrong), "wrong_counts_kidneys": right, "right_counts_kidneys": wrong})
     return rows
 
 
@@ -73,6 +78,7 @@ def test_summary_pools_the_cases_and_ranks_scores_against_tumor_dice(tmp_path) -
     assert summary["uncertainty_auroc_pooled"] == pytest.approx(auroc(wrong, right))
     assert summary["uncertainty_auroc_pooled"] == pytest.approx((80 * 4) / (80 * 4 + 60))
     assert summary["uncertainty_auroc_min"] == pytest.approx(80 / 110)
+    assert summary["uncertainty_auroc_kidneys_pooled"] == pytest.approx(1 - summary["uncertainty_auroc_pooled"])  # roles swapped
     assert summary["spearman_review_score_tumor_dice"]["rho"] == pytest.approx(-1.0)
     assert "spearman_review_score_kidney_dice" not in summary  # kidney Dice constant: no ranking
     assert summary["cases_flagged_for_review"] == 3

@@ -154,9 +154,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 summary["tumor_dice"], summary["mean_dice"])
     if "uncertainty_auroc_pooled" in summary:
         spearman = summary.get("spearman_review_score_tumor_dice", {}).get("rho", float("nan"))
-        logger.info("uncertainty: AUROC for voxel error %.3f (pooled), review score vs tumor Dice Spearman %.2f, "
-                    "%d case(s) flagged for review", summary["uncertainty_auroc_pooled"], spearman,
-                    summary["cases_flagged_for_review"])
+        logger.info("uncertainty: AUROC for voxel error %.3f in the crops, %.3f in the kidneys (pooled); review score "
+                    "vs tumor Dice Spearman %.2f; %d case(s) flagged for review", summary["uncertainty_auroc_pooled"],
+                    summary["uncertainty_auroc_kidneys_pooled"], spearman, summary["cases_flagged_for_review"])
     return 0
 
 
