@@ -83,20 +83,24 @@ def tumor_slices(labels_crop: np.ndarray) -> dict[str, list[int]]:
     }
 
 
-def case_arrays(normalized: np.ndarray, labels: np.ndarray,
-                settings: MethodSettings = DEFAULT_SETTINGS) -> tuple[dict[str, np.ndarray], dict]:
+def case_arrays(normalized: np.ndarray, labels: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS,
+                allow_empty: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Every cached array of one case and its metadata, from the working-frame image and labels.
 
     ``normalized``: float32 ``[z, y, x]`` in [0, 1]; ``labels``: uint8 ``[z, y, x]``.
-    Raises ValueError when the labels hold no kidney or tumor.
+    Labels without kidney or tumor raise ValueError, unless ``allow_empty``: then only stage 1's
+    arrays are cached (all-zero targets), and the stage-2 samplers skip the case.
     """
     shape = labels.shape
     foreground_box = Box.from_mask(labels > 0)
-    if foreground_box is None:
+    if foreground_box is None and not allow_empty:
         raise ValueError("the segmentation holds no kidney or tumor voxel")
+    stage1 = _stage1_arrays(normalized, labels, settings)
+    meta = {"version": CACHE_VERSION, "working_shape": list(shape), "down_shape": list(stage1["foreground_down"].shape)}
+    if foreground_box is None:
+        return stage1, {**meta, "crop_box": None, "foreground_box": None, "tumor_box": None, "tumor_crop_box": None,
+                        "tumor_slices": {name: [] for name in SLICE_AXES}, "voxels": {"kidney": 0, "tumor": 0}}
     crop = foreground_box.expanded(settings.crop.kidney_margin_zyx).clipped(shape)
-    factor = settings.geometry.downsample_factor
-    foreground_down = downsample_max((labels > 0).astype(np.uint8), factor)
     labels_crop = np.ascontiguousarray(labels[crop.slices])
     boundary = np.stack([
         task_boundary_target(labels_crop > 0, "kidney_tumor", settings),
@@ -104,18 +108,13 @@ def case_arrays(normalized: np.ndarray, labels: np.ndarray,
         task_boundary_target(labels_crop == LABEL_TUMOR, "tumor", settings),
     ])
     arrays = {
-        "image_down": downsample_mean(normalized, factor).astype(np.float16),
-        "foreground_down": foreground_down,
-        "landmarks_down": landmark_heatmaps(foreground_down, settings).astype(np.float16),
+        **stage1,
         "image": normalized[crop.slices].astype(np.float16),
         "labels": labels_crop,
         "boundary": boundary.astype(np.float16),
     }
     tumor_box = Box.from_mask(labels == LABEL_TUMOR)
-    meta = {
-        "version": CACHE_VERSION,
-        "working_shape": list(shape),
-        "down_shape": list(foreground_down.shape),
+    meta.update({
         "crop_box": crop.to_json(),
         "foreground_box": foreground_box.to_json(),
         "tumor_box": None if tumor_box is None else tumor_box.to_json(),
@@ -124,8 +123,19 @@ def case_arrays(normalized: np.ndarray, labels: np.ndarray,
         "tumor_slices": tumor_slices(labels_crop),
         "voxels": {"kidney": int(np.count_nonzero(labels == LABEL_KIDNEY)),
                    "tumor": int(np.count_nonzero(labels == LABEL_TUMOR))},
-    }
+    })
     return arrays, meta
+
+
+def _stage1_arrays(normalized: np.ndarray, labels: np.ndarray, settings: MethodSettings) -> dict[str, np.ndarray]:
+    """Stage 1's arrays on the x4 grid: image (block mean), foreground (block max), landmark heat-maps."""
+    factor = settings.geometry.downsample_factor
+    foreground_down = downsample_max((labels > 0).astype(np.uint8), factor)
+    return {
+        "image_down": downsample_mean(normalized, factor).astype(np.float16),
+        "foreground_down": foreground_down,
+        "landmarks_down": landmark_heatmaps(foreground_down, settings).astype(np.float16),
+    }
 
 
 def working_case(imaging: Path, segmentation: Path,
@@ -314,6 +324,11 @@ class CachedCase:
     @cached_property
     def boundary(self) -> np.ndarray:
         return self._load("boundary")
+
+    @property
+    def has_kidney(self) -> bool:
+        """Whether the case holds kidney or tumor (else only stage 1 trains on it)."""
+        return self.meta["crop_box"] is not None
 
     @property
     def crop_box(self) -> Box:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from training_tools.cli_training import add_training_commands
+from training_tools.phantom_style import DEFAULT_STYLE, STYLES
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,14 @@ def _add_phantoms(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="run seed; each case's stream also depends on its name")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     parser.add_argument("--cases", type=int, default=None, metavar="N", help="only the first N cases (sorted by name)")
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
+                        help=f"generator style (default {DEFAULT_STYLE}: appearance drawn well beyond real CT; "
+                        "v1: the first generator's KiTS19-like look)")
     parser.set_defaults(run=_cmd_phantoms)
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from training_tools.phantom_style import style_named
     from training_tools.phantoms import case_name, find_masks, make_phantoms
 
     masks = find_masks(args.masks)
@@ -44,7 +49,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         names = ", ".join(case_name(m) for m in existing[:5])
         logger.error("%d case folder(s) exist in %s (%s ...); use --overwrite", len(existing), args.out, names)
         return 1
-    make_phantoms(masks, args.out, seed=args.seed, progress=True)
+    make_phantoms(masks, args.out, seed=args.seed, progress=True, style=style_named(args.style))
     logger.info("wrote %d phantom case(s) to %s", len(masks), args.out)
     return 0
 

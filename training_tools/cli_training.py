@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from training_tools.phantom_style import DEFAULT_STYLE, STYLES
+
 logger = logging.getLogger(__name__)
 
 
@@ -210,6 +212,13 @@ def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
     parser.add_argument("--budget-minutes", type=float, default=None, help="end everything within this time")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
+                        help=f"phantom generator style (default {DEFAULT_STYLE}: appearance drawn well beyond real CT)")
+    parser.add_argument("--variants", type=int, default=1, help="training phantoms per mask (default 1)")
+    parser.add_argument("--init-bundle", type=Path, default=None, metavar="DIR",
+                        help="start every model from this bundle's weights (fine-tuning; same widths)")
+    parser.add_argument("--roles", default=None, metavar="R1,R2",
+                        help="train only these roles; the others are carried over from --init-bundle")
     parser.set_defaults(run=_cmd_demo_bundle)
 
 
@@ -218,5 +227,7 @@ def _cmd_demo_bundle(args: argparse.Namespace) -> int:
 
     demo_bundle(DemoOptions(masks=args.masks, work=args.work, out=args.out, device=args.device, preset=args.preset,
                             workers=args.workers, jobs=args.jobs, eval_cases=args.eval_cases, seed=args.seed,
-                            budget_minutes=args.budget_minutes, overwrite=args.overwrite))
+                            budget_minutes=args.budget_minutes, overwrite=args.overwrite, style=args.style,
+                            variants=args.variants, init_bundle=args.init_bundle,
+                            roles=tuple(args.roles.split(",")) if args.roles else None))
     return 0

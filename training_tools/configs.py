@@ -38,7 +38,7 @@ class TrainConfig:
     ``kidney_patch_fraction`` (T-vnet, T-unet; 0 = SPEC): share of patches centred on random
     kidney or tumor voxels of the crop instead of inside the expanded tumor box.
     ``tumor_box_padding`` (T-vnet, T-unet): what fills a patch outside the expanded tumor box,
-    ``"zeros"`` (SPEC) or ``"image"`` (the crop's own voxels and labels there, as the model
+    ``"image"`` (SPEC, revised: the crop's own voxels and labels there, as the model
     sees them at inference, where it runs over the whole kidney crop).
     """
 
@@ -60,7 +60,7 @@ class TrainConfig:
     augmentation: dict[str, Any] | None = None
     seed: int = 0
     kidney_patch_fraction: float = 0.0
-    tumor_box_padding: str = "zeros"
+    tumor_box_padding: str = "image"
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -76,7 +76,7 @@ class TrainConfig:
             raise ValueError(f"{self.role}: kidney_patch_fraction applies to T-vnet and T-unet only")
         if self.tumor_box_padding not in TUMOR_BOX_PADDINGS:
             raise ValueError(f"{self.role}: tumor_box_padding must be one of {TUMOR_BOX_PADDINGS}, got {self.tumor_box_padding!r}")
-        if self.tumor_box_padding != "zeros" and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
+        if self.tumor_box_padding != "image" and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
             raise ValueError(f"{self.role}: tumor_box_padding applies to T-vnet and T-unet only")
         if self.segmentation_loss not in ("dice", "bce"):
             raise ValueError(f"{self.role}: segmentation_loss must be 'dice' or 'bce', got {self.segmentation_loss!r}")
@@ -107,8 +107,10 @@ class TrainConfig:
             notes.append(f"patch {self.effective_patch_size} (SPEC {tuple(spec.patch_size)})")
         if self.kidney_patch_fraction:
             notes.append(f"{self.kidney_patch_fraction:g} of the patches centred on kidney (SPEC: all in the expanded tumor box)")
-        if self.tumor_box_padding != "zeros":
-            notes.append("image around the expanded tumor box instead of zeros (SPEC: zero-padded)")
+        if self.tumor_box_padding != "image":
+            notes.append("zeros around the expanded tumor box (SPEC: the image's own voxels)")
+        if self.augmentation:
+            notes.append(f"training-time augmentation {json.dumps(self.augmentation, sort_keys=True)} (the paper uses none)")
         return notes
 
     def to_json(self) -> dict[str, Any]:

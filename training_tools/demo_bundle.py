@@ -1,11 +1,14 @@
 """One command for the shipped demo bundle: phantoms -> cache -> the twelve models -> bundle -> evaluation.
 
 1. The masks are split: the last ``eval_cases`` (sorted by name) are held out. Training phantoms
-   go straight into the training cache (built in memory, the same volumes the ``phantoms``
-   command writes); held-out phantoms are written in KiTS19 layout for the evaluation.
-2. The twelve models train as separate ``kidneytumorseg-train train`` processes, ``jobs`` at a time
+   (``variants`` per mask, each with its own appearance and field of view) are painted straight
+   on the working frame and go into the training cache; held-out phantoms are written in KiTS19
+   layout on their mask's grid for the evaluation. ``style`` names the phantom generator's
+   distributions (``phantom_style``).
+2. The models train as separate ``kidneytumorseg-train train`` processes, ``jobs`` at a time
    (default: all twelve at once on a GPU, one per core on the CPU), the dearest first; each
-   resumes where it stopped.
+   resumes where it stopped. With ``init_bundle`` each starts from that bundle's weights
+   (fine-tuning); with ``roles`` only those train, the others are carried over from ``init_bundle``.
 3. The runs are exported, the bundle is evaluated with the whole cascade on the held-out
    phantoms, and the final bundle is exported with those metrics in its provenance.
 
@@ -29,15 +32,18 @@ import nibabel as nib
 import numpy as np
 
 from KidneyTumorSegLib.cascade import InferenceOptions
+from KidneyTumorSegLib.geometry import to_working_frame, working_frame_for
 from KidneyTumorSegLib.inference import pick_device
 from KidneyTumorSegLib.networks.registry import ROLES
+from KidneyTumorSegLib.preprocessing import normalize_hu
 
-from .cache import case_arrays, default_workers, is_complete, run_parallel, threads_per_worker, working_arrays, write_case
+from .cache import case_arrays, default_workers, is_complete, run_parallel, threads_per_worker, write_case
 from .configs import load_config, load_preset
 from .evaluate import evaluate_bundle
 from .export import export_bundle
+from .phantom_style import DEFAULT_STYLE, style_named
+from .phantoms import case_name, case_seed, find_masks, make_phantom_case, make_training_phantom
 from .train import RUN_NAME
-from .phantoms import case_name, case_seed, find_masks, make_phantom, make_phantom_case
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +62,8 @@ STARTUP_ALLOWANCE_S = 20.0  # a training process's start (imports, CUDA) before 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """Settings of the demo run; ``preset`` None = "demo-gpu" on CUDA, else "demo-cpu"."""
+    """Settings of the demo run; ``preset`` None = "demo-gpu" on CUDA, else "demo-cpu";
+    ``roles`` None = all twelve."""
 
     masks: Path
     work: Path
@@ -69,6 +76,10 @@ class DemoOptions:
     seed: int = 0
     budget_minutes: float | None = None
     overwrite: bool = False
+    style: str = DEFAULT_STYLE
+    variants: int = 1
+    init_bundle: Path | None = None
+    roles: tuple[str, ...] | None = None
 
 
 def ipl_labels(mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -81,46 +92,61 @@ def ipl_labels(mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, fl
     return np.asarray(turned.dataobj, dtype=np.uint8), np.asarray(turned.affine, float), spacing
 
 
-def cache_phantom(job: tuple[Path, Path, int]) -> tuple[str, str | None]:
-    """Build one training phantom in memory and cache it (skipped when cached); (case id, error)."""
-    mask_path, cache_dir, seed = job
-    name = case_name(mask_path)
+def variant_name(mask_path: Path, variant: int) -> str:
+    """Cache id of one training phantom: the case name, with ``_vN`` for the N-th extra variant."""
+    return case_name(mask_path) + (f"_v{variant}" if variant else "")
+
+
+def cache_phantom(job: tuple[Path, Path, int, str, int]) -> tuple[str, str | None]:
+    """Build one training phantom on the working frame and cache it (skipped when cached); (case id, error).
+
+    The mask goes to the working frame (nearest), the phantom is painted there with a drawn field
+    of view (``make_training_phantom``); a window without kidney caches stage 1's arrays only.
+    """
+    mask_path, cache_dir, seed, style, variant = job
+    name = variant_name(mask_path, variant)
     try:
         if not is_complete(cache_dir / name):
-            labels, affine, spacing = ipl_labels(mask_path)
-            ct = make_phantom(labels, spacing, np.random.default_rng(case_seed(seed, name)))
-            arrays, meta = case_arrays(*working_arrays(ct, labels, affine))
-            meta["source"] = {"phantom_of": mask_path.name, "seed": seed}
+            labels, affine, _ = ipl_labels(mask_path)
+            frame = working_frame_for(labels.shape, affine)
+            working = to_working_frame(labels, frame, order=0, dtype=np.uint8)
+            rng = np.random.default_rng(case_seed(seed, name))
+            ct, labels, _ = make_training_phantom(working, frame.spacing, rng, style_named(style))
+            arrays, meta = case_arrays(normalize_hu(ct), labels, allow_empty=True)
+            meta["source"] = {"phantom_of": mask_path.name, "seed": seed, "style": style, "variant": variant}
             write_case(cache_dir, name, arrays, meta)
         return name, None
     except Exception as error:  # one bad mask must not stop the others
         return name, f"{type(error).__name__}: {error}"
 
 
-def write_phantom(job: tuple[Path, Path, int]) -> tuple[str, str | None]:
+def write_phantom(job: tuple[Path, Path, int, str]) -> tuple[str, str | None]:
     """Write one held-out phantom in KiTS19 layout (skipped when present); (case id, error)."""
-    mask_path, out_dir, seed = job
+    mask_path, out_dir, seed, style = job
     name = case_name(mask_path)
     try:
         folder = out_dir / name
         if not ((folder / "imaging.nii.gz").is_file() and (folder / "segmentation.nii.gz").is_file()):
-            make_phantom_case(mask_path, out_dir, seed)
+            make_phantom_case(mask_path, out_dir, seed, style_named(style))
         return name, None
     except Exception as error:
         return name, f"{type(error).__name__}: {error}"
 
 
-def _phantom_job(job: tuple[str, Path, Path, int]) -> tuple[str, str | None]:
-    kind, mask_path, folder, seed = job
-    return (cache_phantom if kind == "train" else write_phantom)((mask_path, folder, seed))
+def _phantom_job(job: tuple) -> tuple[str, str | None]:
+    kind, *arguments = job
+    return (cache_phantom if kind == "train" else write_phantom)(tuple(arguments))
 
 
-def build_data(masks: list[Path], eval_cases: int, cache_dir: Path, eval_dir: Path, seed: int, workers: int) -> None:
-    """Training cache and held-out phantoms, in parallel (held-out ones first: they take longest to write)."""
+def build_data(masks: list[Path], eval_cases: int, cache_dir: Path, eval_dir: Path, seed: int, workers: int,
+               style: str = DEFAULT_STYLE, variants: int = 1) -> None:
+    """Training cache (``variants`` phantoms per training mask) and held-out phantoms, in parallel
+    (held-out ones first: they take longest to write)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     eval_dir.mkdir(parents=True, exist_ok=True)
     held, training = masks[len(masks) - eval_cases:], masks[:len(masks) - eval_cases]
-    jobs = [("eval", m, eval_dir, seed) for m in held] + [("train", m, cache_dir, seed) for m in training]
+    jobs = [("eval", m, eval_dir, seed, style) for m in held]
+    jobs += [("train", m, cache_dir, seed, style, v) for v in range(variants) for m in training]
     for name, error in run_parallel(_phantom_job, jobs, workers, "phantoms"):
         if error:
             logger.error("%s: left out (%s)", name, error)
@@ -137,13 +163,15 @@ def _environment() -> dict[str, str]:
 
 
 def train_command(role: str, preset: str, cache_dir: Path, run_dir: Path, device: str, threads: int,
-                  budget_s: float | None) -> list[str]:
-    """The ``train`` command line of one role (always resumable)."""
+                  budget_s: float | None, init_bundle: Path | None = None) -> list[str]:
+    """The ``train`` command line of one role (always resumable; from ``init_bundle``'s weights when given)."""
     command = [sys.executable, "-m", "training_tools.cli", "train", "--config", role, "--preset", preset,
                "--cache", str(cache_dir), "--out", str(run_dir), "--fold", "all", "--device", device,
                "--resume", "--threads", str(threads)]
     if budget_s is not None:
         command += ["--time-budget-s", f"{max(budget_s, 30.0):.0f}"]
+    if init_bundle is not None:
+        command += ["--init-weights", str(init_bundle / f"{role}.pt")]
     return command
 
 
@@ -171,11 +199,12 @@ def default_jobs(device_type: str) -> int:
 
 
 def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: int,
-              deadline: float | None) -> list[Path]:
-    """Train every role not yet finished, ``jobs`` processes at a time, dearest first; each process
-    gets the time left until ``deadline`` as its budget. Returns the run folders."""
+              deadline: float | None, roles: tuple[str, ...] = tuple(ROLES), init_bundle: Path | None = None) -> list[Path]:
+    """Train every role of ``roles`` not yet finished, ``jobs`` processes at a time, dearest first
+    (from ``init_bundle``'s weights when given); each process gets the time left until ``deadline``
+    as its budget. Returns the run folders."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    todo = sorted((r for r in ROLES if not run_finished(runs_dir / r)), key=lambda r: -expected_cost(r, preset))
+    todo = sorted((r for r in roles if not run_finished(runs_dir / r)), key=lambda r: -expected_cost(r, preset))
     threads = threads_per_worker(jobs, len(todo))
     running: dict[str, subprocess.Popen] = {}
     failed = []
@@ -185,7 +214,7 @@ def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: i
             role = todo.pop(0)
             budget = None if deadline is None else deadline - time.time() - STARTUP_ALLOWANCE_S
             log = open(runs_dir / f"{role}.log", "a")
-            command = train_command(role, preset, cache_dir, runs_dir / role, device, threads, budget)
+            command = train_command(role, preset, cache_dir, runs_dir / role, device, threads, budget, init_bundle)
             running[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
             logger.info("training %s (log: %s)", role, runs_dir / f"{role}.log")
@@ -200,7 +229,7 @@ def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: i
                     logger.info("%s: finished", role)
     if failed:
         raise RuntimeError(f"training failed for {', '.join(failed)}")
-    return [runs_dir / r for r in ROLES]
+    return [runs_dir / r for r in roles]
 
 
 def demo_bundle(options: DemoOptions) -> dict[str, Any]:
@@ -214,19 +243,27 @@ def demo_bundle(options: DemoOptions) -> dict[str, Any]:
         raise ValueError(f"{options.masks}: {len(masks)} masks, but {options.eval_cases} are held out for evaluation")
     if (options.out / "manifest.json").exists() and not options.overwrite:
         raise FileExistsError(f"{options.out}: a bundle exists (use --overwrite)")
+    roles = options.roles or tuple(ROLES)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown roles {', '.join(unknown)}; expected some of {', '.join(ROLES)}")
+    carry_over = options.init_bundle if set(roles) != set(ROLES) else None
+    if carry_over is None and set(roles) != set(ROLES):
+        raise ValueError("training only some roles needs --init-bundle to carry the others over")
     work = options.work
     cache_dir, eval_dir, runs_dir = work / "cache", work / "eval_phantoms", work / "runs"
     workers = options.workers or default_workers()
-    build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, workers)
+    build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, workers, options.style, options.variants)
     logger.info("data ready after %.0f s", time.time() - started)
     train_deadline = None if deadline is None else deadline - eval_reserve_s(device.type, options.eval_cases, workers)
-    runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or default_jobs(device.type), train_deadline)
+    runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or default_jobs(device.type), train_deadline,
+                     roles, options.init_bundle)
     logger.info("training done after %.0f s", time.time() - started)
     held_out = [case_name(m) for m in masks[len(masks) - options.eval_cases:]]
     metadata = _demo_metadata(options, preset, masks, held_out)
     draft = work / "bundle_draft"
     shutil.rmtree(draft, ignore_errors=True)
-    export_bundle(runs, draft, **metadata, half=True)
+    export_bundle(runs, draft, **metadata, half=True, carry_over=carry_over)
     summary = evaluate_bundle(eval_dir, draft, work / "evaluation", fold=None,
                               options=InferenceOptions(device=str(device)), workers=workers)
     evaluation = {k: summary[k] for k in ("kidney_dice", "tumor_dice", "mean_dice", "cases", "median_kidney_dice",
@@ -235,7 +272,8 @@ def demo_bundle(options: DemoOptions) -> dict[str, Any]:
     metadata["extra_provenance"]["evaluation_on_held_out_phantoms"] = evaluation
     runtime = {"device": summary["device"], "seconds_per_case": round(summary["mean_seconds"], 1),
                "measured_on": "held-out phantoms"}
-    export_bundle(runs, options.out, **metadata, expected_runtime=runtime, half=True, overwrite=options.overwrite)
+    export_bundle(runs, options.out, **metadata, expected_runtime=runtime, half=True, overwrite=options.overwrite,
+                  carry_over=carry_over)
     logger.info("bundle %s: kidney Dice %.3f, tumor Dice %.3f on %d held-out phantoms (%.0f s in all)", options.out,
                 evaluation["kidney_dice"], evaluation["tumor_dice"], evaluation["cases"], time.time() - started)
     return evaluation
@@ -247,7 +285,8 @@ def _demo_metadata(options: DemoOptions, preset: str, masks: list[Path], held_ou
         "name": f"kidneytumorseg-demo-{preset}",
         "description": DEMO_DESCRIPTION,
         "data_description": (
-            f"{len(masks) - len(held_out)} synthetic phantom CTs (training_tools.phantoms, seed {options.seed}) "
+            f"{options.variants * (len(masks) - len(held_out))} synthetic phantom CTs (training_tools.phantoms, "
+            f"style {options.style}, {options.variants} per mask, seed {options.seed}) "
             f"built around real KiTS19 ground-truth masks (CC BY-NC-SA 4.0, https://kits19.grand-challenge.org); "
             f"{len(held_out)} further phantoms held out for evaluation"),
         "demo": True,
@@ -260,6 +299,14 @@ def _demo_metadata(options: DemoOptions, preset: str, masks: list[Path], held_ou
             "network_widths": widths,
             "reduced_width": True,
             "phantom_seed": options.seed,
+            "phantom_style": options.style,
+            "phantoms_per_mask": options.variants,
+            "fine_tuned_from": None if options.init_bundle is None else _bundle_name(options.init_bundle),
             "training_masks": [case_name(m) for m in masks if case_name(m) not in held_out],
         },
     }
+
+
+def _bundle_name(path: Path) -> str | None:
+    manifest = path / "manifest.json"
+    return json.loads(manifest.read_text()).get("name") if manifest.is_file() else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import subprocess
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from KidneyTumorSegLib.bundle import save_bundle
+from KidneyTumorSegLib.bundle import load_bundle, save_bundle
 from KidneyTumorSegLib.networks.registry import ROLES, build_network
 
 from .train import MODEL_NAME, RUN_NAME, read_run
@@ -60,20 +61,50 @@ def run_provenance(summary: Mapping[str, Any]) -> dict[str, Any]:
     record = {k: summary.get(k) for k in keys}
     record["training_cases"] = len(summary.get("training_cases", []))
     if summary.get("init_weights"):
-        weights = Path(summary["init_weights"])
-        base = weights.parent / RUN_NAME
-        record["initialised_from"] = {"weights": work_relative(weights, weights.parent),
-                                      **(run_provenance(read_run(weights.parent)) if base.is_file() else {})}
+        record["initialised_from"] = _weights_provenance(Path(summary["init_weights"]))
     return record
+
+
+def _weights_provenance(weights: Path) -> dict[str, Any]:
+    """What a fine-tuned run started from: the run's record when the weights are a run's
+    ``model.pt``, the bundle's record of that role when they are a bundle's ``ROLE.pt``."""
+    if (weights.parent / RUN_NAME).is_file():
+        return {"weights": work_relative(weights, weights.parent), **run_provenance(read_run(weights.parent))}
+    manifest = weights.parent / "manifest.json"
+    if manifest.is_file():
+        bundle = json.loads(manifest.read_text())
+        record = bundle.get("provenance", {}).get("runs", {}).get(weights.stem, {})
+        return {"weights": weights.name, "bundle": bundle.get("name"), **_without_folder(record)}
+    return {"weights": weights.name}
+
+
+def _without_folder(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A run record copied from another bundle, less the run folder (a path on the machine that trained it)."""
+    return {k: v for k, v in record.items() if k != "folder"}
+
+
+def carried_roles(bundle_dir: Path, skip: Sequence[str]) -> tuple[dict[str, tuple], dict[str, dict[str, Any]]]:
+    """The networks and run records of a bundle's roles not in ``skip``, to export unchanged."""
+    bundle = load_bundle(bundle_dir)
+    runs = bundle.manifest.get("provenance", {}).get("runs", {})
+    networks, records = {}, {}
+    for role in bundle.roles:
+        if role in skip:
+            continue
+        entry = bundle.entries[role]
+        networks[role] = (bundle.networks[role], entry.architecture, entry.params)
+        records[role] = {**_without_folder(runs.get(role, {})), "carried_over_from": bundle.manifest.get("name")}
+    return networks, records
 
 
 def export_bundle(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, name: str, description: str,
                   data_description: str, demo: bool = False, license_name: str = "see provenance",
                   extra_provenance: Mapping[str, Any] | None = None, expected_runtime: Mapping[str, Any] | None = None,
-                  half: bool = False, overwrite: bool = False) -> Path:
+                  half: bool = False, overwrite: bool = False, carry_over: str | os.PathLike | None = None) -> Path:
     """Write a bundle from finished runs (one per role; stage1 and KT required by the cascade).
 
     ``half`` stores the weights as float16 (half the size; they load into float32 networks).
+    ``carry_over``: a bundle whose roles without a run are exported unchanged (their records say so).
     """
     networks: dict[str, tuple] = {}
     runs: dict[str, dict[str, Any]] = {}
@@ -83,6 +114,10 @@ def export_bundle(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
             raise ValueError(f"two runs train {role}: {run_dir} and {runs[role]['folder']}")
         networks[role] = (network, architecture, params)
         runs[role] = {"folder": work_relative(run_dir, run_dir), **run_provenance(summary)}
+    if carry_over is not None:
+        kept, records = carried_roles(Path(carry_over), tuple(networks))
+        networks.update({r: (n.half() if half else n, a, p) for r, (n, a, p) in kept.items()})
+        runs.update(records)
     missing = [r for r in ("stage1", "KT") if r not in networks]
     if missing:
         raise ValueError(f"the cascade needs {', '.join(missing)}: add their runs")

@@ -76,6 +76,7 @@ class Body:
     muscle_mm: float
     spine_y: float  # vertebral body centre at Z = 0
     crest_z: float  # iliac crest level
+    bladder_z: float  # centre of the bladder
     dome_z: float  # top of the right hemidiaphragm
 
     def spine_y_at(self, z: np.ndarray) -> np.ndarray:
@@ -153,10 +154,11 @@ def _paint_tube(scene: Scene, start: Point, end: Point, radius: float, tissue: T
 # --- body wall --------------------------------------------------------------------------------
 
 
-def _draw_body(layout: Layout, rng: np.random.Generator) -> Body:
-    """Body outline sized to hold every label with room for wall, spine and bowel."""
+def _draw_body(layout: Layout, fat_mm: tuple[float, float], rng: np.random.Generator) -> Body:
+    """Body outline sized to hold every label with room for wall, spine and bowel; subcutaneous
+    fat ``fat_mm`` (range) thick."""
     low, high = layout.labels_low, layout.labels_high
-    fat, muscle = rng.uniform(8.0, 40.0), rng.uniform(8.0, 14.0)
+    fat, muscle = rng.uniform(*fat_mm), rng.uniform(8.0, 14.0)
     spine_y = rng.uniform(-12.0, 2.0)
     half_width = max(max(-low[2], high[2]) + rng.uniform(8.0, 20.0), rng.uniform(115.0, 140.0))
     posterior = max(high[1] + rng.uniform(15.0, 30.0), spine_y + rng.uniform(70.0, 90.0))
@@ -164,6 +166,7 @@ def _draw_body(layout: Layout, rng: np.random.Generator) -> Body:
     centre_y = spine_y - rng.uniform(10.0, 30.0)
     tops = [k.low_mm[0] - layout.origin_mm[0] for k in layout.kidneys]
     bottoms = [k.high_mm[0] - layout.origin_mm[0] for k in layout.kidneys]
+    crest = max(bottoms) + rng.uniform(40.0, 70.0)
     return Body(
         centre_y=centre_y,
         half_width=half_width + fat + muscle,
@@ -174,7 +177,8 @@ def _draw_body(layout: Layout, rng: np.random.Generator) -> Body:
         fat_mm=fat,
         muscle_mm=muscle,
         spine_y=spine_y,
-        crest_z=max(bottoms) + rng.uniform(40.0, 70.0),
+        crest_z=crest,
+        bladder_z=crest + rng.uniform(110.0, 140.0),
         dome_z=min(tops) - rng.uniform(90.0, 120.0),
     )
 
@@ -270,7 +274,7 @@ def _paint_bowel(scene: Scene) -> None:
     threshold = scene.uniform(-0.4, 0.2)
     canvas.paint(box, region & (loops > threshold), Tissue.BOWEL)
     lumen = region & (loops > threshold + scene.uniform(0.25, 0.4))
-    canvas.paint(box, lumen, Tissue.FLUID)
+    canvas.paint(box, lumen, Tissue.LUMEN)
     gas = smooth_noise(canvas.tissue.shape, canvas.spacing, 10.0, scene.rng) - 0.006 * (boundary - y)
     canvas.paint(box, lumen & (gas > scene.uniform(0.6, 1.3)), Tissue.GAS)
 
@@ -487,14 +491,30 @@ def _paint_pelvis(scene: Scene) -> None:
     core = ((x / (sacrum_width - 2.0)) ** 2 + ((y - spine - 20.0) / 14.0) ** 2 <= 1.0)
     canvas.paint(box, sacrum, Tissue.CORTICAL)
     canvas.paint(box, sacrum & core, Tissue.CANCELLOUS)
-    bladder_z = body.crest_z + scene.uniform(110.0, 140.0)
-    bladder = (bladder_z, -scene.uniform(40.0, 60.0), 0.0)
-    _paint_ellipsoid(scene, bladder, (45.0, 40.0, 50.0), Tissue.FLUID, where=scene.abdomen)
+    bladder = (body.bladder_z, -scene.uniform(40.0, 60.0), 0.0)
+    _paint_ellipsoid(scene, bladder, (45.0, 40.0, 50.0), Tissue.URINE, where=scene.abdomen)
     head_z, head_r = body.crest_z + scene.uniform(150.0, 175.0), scene.uniform(22.0, 26.0)
     for side in (-1.0, 1.0):
         centre = (head_z, body.spine_y - scene.uniform(20.0, 40.0), side * scene.uniform(85.0, 100.0))
         _paint_ellipsoid(scene, centre, (head_r,) * 3, Tissue.CORTICAL)
         _paint_ellipsoid(scene, centre, (head_r - 2.0,) * 3, Tissue.CANCELLOUS)
+
+
+def _paint_ureters(scene: Scene) -> None:
+    """Ureters from each kidney's hilum along the psoas to the bladder (urine: bright in the
+    excretory phase)."""
+    body = scene.body
+    radius = scene.uniform(2.0, 4.0)
+    for side in ("right", "left"):
+        if scene.layout.kidney(side) is None:
+            continue
+        centre = scene.layout.side(side)[0]
+        sign = np.sign(centre[2])
+        hilum = (centre[0] + scene.uniform(0.0, 15.0), centre[1] - 5.0, centre[2] - sign * scene.uniform(25.0, 35.0))
+        brim = (body.crest_z + scene.uniform(0.0, 30.0), body.spine_y - scene.uniform(15.0, 30.0), sign * scene.uniform(35.0, 50.0))
+        end = (body.bladder_z, -scene.uniform(30.0, 45.0), sign * scene.uniform(15.0, 30.0))
+        _paint_tube(scene, hilum, brim, radius, Tissue.URINE)
+        _paint_tube(scene, brim, end, radius, Tissue.URINE)
 
 
 # --- kidneys ----------------------------------------------------------------------------------
@@ -540,18 +560,22 @@ PAINTERS = (
     _paint_muscles,
     _paint_spine,
     _paint_pelvis,
+    _paint_ureters,
     _paint_ribs,
     _paint_table,
 )
 
 
-def paint_anatomy(labels: np.ndarray, layout: Layout, rng: np.random.Generator) -> Anatomy:
-    """Paint the body around the kidneys of a ``[z, y, x]`` label map (I, P, L)."""
+def paint_anatomy(
+    labels: np.ndarray, layout: Layout, rng: np.random.Generator, fat_mm: tuple[float, float] = (8.0, 40.0)
+) -> Anatomy:
+    """Paint the body around the kidneys of a ``[z, y, x]`` label map (I, P, L); ``fat_mm``: range of
+    the subcutaneous fat thickness."""
     factors = coarse_factors(layout.spacing)
     shape = tuple(coarse_size(n, f) for n, f in zip(labels.shape, factors))
     axes = [np.arange(n) * f * s - o for n, f, s, o in zip(shape, factors, layout.spacing, layout.origin_mm)]
     canvas = Canvas(*(a.astype(np.float32) for a in axes), tissue=np.zeros(shape, np.uint8))
-    body = _draw_body(layout, rng)
+    body = _draw_body(layout, fat_mm, rng)
     _, y, x = canvas.grid((slice(0, 1), slice(None), slice(None)))
     r, skin = skin_radius(body, y[0], x[0])
     depth = skin[None] * _body_scale(canvas, body, rng)[:, None, None] - r[None]

@@ -1,12 +1,13 @@
-"""Phantom CT volumes built around real KiTS19 kidney and tumor label maps.
+"""Phantom CT volumes built around real KiTS19 kidney and tumor label maps (generator v2).
 
 A phantom keeps the mask's grid: ``[z, y, x]`` arrays as nibabel gives a KiTS19 file (axis
 codes I, P, L: z inferior, y posterior, x patient-left). Around the real kidneys it paints a
-body (fat, wall muscles, spine, ribs, liver, spleen, aorta, IVC, bowel with gas, lungs and
-pelvis where the scan reaches them) on a coarse grid, renders the kidney cortex, medulla and
-tumor at full resolution, blurs them by a point-spread function and adds correlated noise.
-Tissue HU come from a real CT (``tissue_hu.json``); contrast enhancement, tumor kind, noise
-and blur vary per case. Everything is drawn from one ``numpy.random.Generator``.
+body (fat, wall muscles, spine, ribs, liver, spleen, stomach, aorta, IVC, bowel with gas or
+oral contrast, ureters, lungs and pelvis where the scan reaches them) on a coarse grid, renders
+the kidney cortex, medulla, collecting system and tumor at full resolution, then images it with
+a simulated scanner (``phantom_acquisition``). A style (``phantom_style``) sets how widely each
+case draws its contrast phase, tissue HU, tumor look, body size, resolution and noise; the
+default, "v2", draws well beyond real CT. Everything is drawn from one ``numpy.random.Generator``.
 """
 from __future__ import annotations
 
@@ -18,25 +19,21 @@ from typing import Iterable, Sequence
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
+from training_tools.phantom_acquisition import Acquisition, acquire, draw_acquisition
 from training_tools.phantom_anatomy import Anatomy, paint_anatomy
 from training_tools.phantom_fields import smooth_noise, upsample_box
+from training_tools.phantom_fov import FieldOfView, draw_field_of_view
 from training_tools.phantom_kidney import KidneyLook, draw_kidney_look, render_kidneys
 from training_tools.phantom_layout import kidney_layout
-from training_tools.phantom_tissues import Contrast, draw_contrast, measured_hu, tissue_table
+from training_tools.phantom_phases import Appearance, draw_appearance
+from training_tools.phantom_style import DEFAULT_STYLE, STYLES, PhantomStyle
+from training_tools.phantom_tissues import tissue_table
 
 logger = logging.getLogger(__name__)
 
 HU_MIN, HU_MAX = -1024, 3071
-SLAB = 16  # slices assembled at a time
 KIDNEY_MARGIN_MM = 10.0  # the kidney boxes reach this far beyond the labels
-NOISE_HU = (8.0, 28.0)  # clip of the noise standard deviation
-NOISE_SCALE = (0.8, 1.6)  # times the noise measured on the 3 mm reference CT, times sqrt(3 mm / dz)
-NOISE_CORRELATION_PX = (0.4, 0.8)
-PSF_MM = (0.5, 0.9)
-NOISE_BANK_SLICES = 24
-NOISE_BANK_PAD = 32
 FOV_PROBABILITY = 0.6  # share of phantoms with a circular reconstruction field of view
 IPL = ("I", "P", "L")
 
@@ -49,19 +46,13 @@ class _Patch:
     hu: np.ndarray
 
 
-def _anatomy_hu(anatomy: Anatomy, contrast: Contrast, rng: np.random.Generator) -> np.ndarray:
+def _anatomy_hu(anatomy: Anatomy, appearance: Appearance, rng: np.random.Generator) -> np.ndarray:
     """HU of the coarse anatomy: tissue mean plus tissue texture times a 4 mm random field."""
-    means, amplitudes = tissue_table(contrast)
+    means, amplitudes = tissue_table(appearance, rng)
     texture = smooth_noise(anatomy.tissue.shape, anatomy.canvas.spacing, 4.0, rng)
     texture *= amplitudes[anatomy.tissue]
     texture += means[anatomy.tissue]
     return texture
-
-
-def _psf_sigma(spacing: tuple[float, float, float], rng: np.random.Generator) -> tuple[float, ...]:
-    """Blur in voxels: a scanner point-spread (0.5-0.9 mm) combined with each voxel's own width."""
-    psf = rng.uniform(*PSF_MM)
-    return tuple(float(np.sqrt(psf**2 + (0.42 * s) ** 2) / s) for s in spacing)
 
 
 def _kidney_boxes(
@@ -92,39 +83,14 @@ def _kidney_patches(
     labels: np.ndarray, anatomy_hu: np.ndarray, anatomy: Anatomy, look: KidneyLook, rng: np.random.Generator
 ) -> list[_Patch]:
     """Full-resolution boxes around the kidneys of each side: kidney and tumor HU over the
-    up-sampled anatomy, blurred by the point-spread function."""
+    up-sampled anatomy."""
     spacing = anatomy.layout.spacing
-    sigma = _psf_sigma(spacing, rng)
     midline = int(np.clip(round(anatomy.layout.origin_mm[2] / spacing[2]), 0, labels.shape[2]))
     patches = []
     for box in _kidney_boxes(labels, midline, spacing):
         background = upsample_box(anatomy_hu, anatomy.factors, box)
-        hu = render_kidneys(labels[box], background, spacing, look, rng)
-        patches.append(_Patch(box, ndimage.gaussian_filter(hu, sigma, truncate=3.0)))
+        patches.append(_Patch(box, render_kidneys(labels[box], background, spacing, look, rng)))
     return patches
-
-
-class _NoiseBank:
-    """In-plane correlated Gaussian noise: a few padded slices, read at random offsets. Thinner
-    slices are noisier (std ~ 1 / sqrt(slice thickness))."""
-
-    def __init__(self, shape: tuple[int, int, int], slice_mm: float, rng: np.random.Generator):
-        pad = NOISE_BANK_PAD
-        count = min(shape[0], NOISE_BANK_SLICES)
-        bank = rng.standard_normal((count, shape[1] + 2 * pad, shape[2] + 2 * pad), dtype=np.float32)
-        sigma = rng.uniform(*NOISE_CORRELATION_PX)
-        bank = ndimage.gaussian_filter(bank, (0.0, sigma, sigma), mode="wrap")
-        self.bank = bank / bank.std()
-        measured = measured_hu()["noise"]["std"]
-        self.std = float(np.clip(measured * rng.uniform(*NOISE_SCALE) * np.sqrt(3.0 / slice_mm), *NOISE_HU))
-        self.index = rng.integers(0, count, shape[0])
-        self.offset = rng.integers(0, 2 * pad + 1, (shape[0], 2))
-        self.shape = shape
-
-    def add(self, hu: np.ndarray, z0: int) -> None:
-        for k in range(hu.shape[0]):
-            (oy, ox), i = self.offset[z0 + k], self.index[z0 + k]
-            hu[k] += self.std * self.bank[i, oy : oy + self.shape[1], ox : ox + self.shape[2]]
 
 
 def _outside_fov(anatomy: Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray | None:
@@ -132,7 +98,7 @@ def _outside_fov(anatomy: Anatomy, shape: tuple[int, int, int], rng: np.random.G
     if rng.uniform() >= FOV_PROBABILITY:
         return None
     body, layout = anatomy.body, anatomy.layout
-    radius = max(body.half_width, body.anterior, body.posterior) * 1.1 + rng.uniform(5.0, 40.0)
+    radius = max(body.half_width, body.anterior, body.posterior) * rng.uniform(0.9, 1.15) + rng.uniform(5.0, 40.0)
     y = np.arange(shape[1]) * layout.spacing[1] - layout.origin_mm[1] - body.centre_y
     x = np.arange(shape[2]) * layout.spacing[2] - layout.origin_mm[2]
     return (y[:, None] ** 2 + x[None, :] ** 2) > radius**2
@@ -140,55 +106,70 @@ def _outside_fov(anatomy: Anatomy, shape: tuple[int, int, int], rng: np.random.G
 
 @dataclass(frozen=True)
 class PhantomInfo:
-    """What was drawn for one phantom: its coarse anatomy, contrast and kidney/tumor look."""
+    """What was drawn for one phantom: anatomy, appearance (phase, HU), kidney/tumor look and
+    the simulated acquisition."""
 
     anatomy: Anatomy
-    contrast: Contrast
+    appearance: Appearance
     look: KidneyLook
-    noise_hu: float
+    acquisition: Acquisition
 
 
-def make_phantom(labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+def make_phantom(
+    labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, style: PhantomStyle | None = None
+) -> np.ndarray:
     """Phantom CT (int16 HU, same shape) around a ``[z, y, x]`` KiTS19 label map (I, P, L).
 
-    ``spacing_zyx`` in mm. Kidney (1) and tumor (2) voxels get cortex / medulla / tumor HU;
-    everything else is synthetic anatomy placed relative to the kidneys.
+    ``spacing_zyx`` in mm; ``style`` None = the default style ("v2"). Kidney (1) and tumor (2)
+    voxels get cortex / medulla / collecting system / tumor HU; everything else is synthetic
+    anatomy placed relative to the kidneys.
     """
-    return make_phantom_with_info(labels_zyx, spacing_zyx, rng)[0]
+    return make_phantom_with_info(labels_zyx, spacing_zyx, rng, style)[0]
 
 
 def make_phantom_with_info(
-    labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator
+    labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, style: PhantomStyle | None = None
 ) -> tuple[np.ndarray, PhantomInfo]:
     """``make_phantom`` that also returns what it drew (``PhantomInfo``)."""
+    style = style or STYLES[DEFAULT_STYLE]
     labels = np.asarray(labels_zyx)
     labels = labels if labels.dtype == np.uint8 else labels.astype(np.uint8)
     spacing = tuple(float(s) for s in spacing_zyx)
     layout = kidney_layout(labels, spacing, rng)
-    contrast = draw_contrast(rng)
-    anatomy = paint_anatomy(labels, layout, rng)
-    coarse_hu = _anatomy_hu(anatomy, contrast, rng)
-    look = draw_kidney_look(contrast, rng)
-    patches = _kidney_patches(labels, coarse_hu, anatomy, look, rng)
-    noise = _NoiseBank(labels.shape, spacing[0], rng)
+    appearance = draw_appearance(style, rng)
+    anatomy = paint_anatomy(labels, layout, rng, style.fat_mm)
+    coarse_hu = _anatomy_hu(anatomy, appearance, rng)
+    look = draw_kidney_look(appearance, style, rng)
+    whole = tuple(slice(0, n) for n in labels.shape)
+    hu = upsample_box(coarse_hu, anatomy.factors, whole)
+    for patch in _kidney_patches(labels, coarse_hu, anatomy, look, rng):
+        hu[patch.box] = patch.hu
+    acquisition = draw_acquisition(style, rng)
+    hu = acquire(hu, spacing, acquisition, rng, style.resolution)
     outside = _outside_fov(anatomy, labels.shape, rng)
-    out = np.empty(labels.shape, np.int16)
-    for z0 in range(0, labels.shape[0], SLAB):
-        z1 = min(z0 + SLAB, labels.shape[0])
-        slab = (slice(z0, z1), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
-        hu = upsample_box(coarse_hu, anatomy.factors, slab)
-        for patch in patches:
-            lo, hi = max(z0, patch.box[0].start), min(z1, patch.box[0].stop)
-            if lo < hi:
-                src = patch.hu[lo - patch.box[0].start : hi - patch.box[0].start]
-                hu[lo - z0 : hi - z0, patch.box[1], patch.box[2]] = src
-        noise.add(hu, z0)
-        if outside is not None:
-            hu[:, outside] = HU_MIN
-        np.clip(hu, HU_MIN, HU_MAX, out=hu)
-        out[z0:z1] = np.rint(hu, out=hu)
-    logger.debug("phantom: tumor %s, phase %.2f, noise %.1f HU", look.tumor_kind, contrast.phase, noise.std)
-    return out, PhantomInfo(anatomy, contrast, look, noise.std)
+    if outside is not None:
+        hu[:, outside] = HU_MIN
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    logger.debug("phantom: %s phase, tumor %s, voxel %s mm, noise %.1f HU", appearance.phase, look.tumor_kind,
+                 acquisition.voxel_mm, acquisition.noise_hu)
+    return np.rint(hu).astype(np.int16), PhantomInfo(anatomy, appearance, look, acquisition)
+
+
+def make_training_phantom(
+    labels_zyx: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, style: PhantomStyle | None = None
+) -> tuple[np.ndarray, np.ndarray, FieldOfView]:
+    """A phantom with a drawn field of view (``phantom_fov``): more body above and below the mask,
+    then a window that holds the kidneys, cuts through them or misses them.
+
+    Returns the phantom (int16 HU ``[z, y, x]``), its labels (uint8, same shape; all 0 when the
+    window misses the kidneys) and the field of view drawn.
+    """
+    style = style or STYLES[DEFAULT_STYLE]
+    labels = np.asarray(labels_zyx, np.uint8)
+    fov = draw_field_of_view(labels, tuple(float(s) for s in spacing_zyx), style, rng)
+    padded = fov.pad(labels)
+    hu = make_phantom(padded, spacing_zyx, rng, style)
+    return np.ascontiguousarray(hu[fov.keep]), np.ascontiguousarray(padded[fov.keep]), fov
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -233,7 +214,7 @@ def _write_atomic(img: nib.Nifti1Image, path: Path) -> None:
     temporary.replace(path)
 
 
-def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0, style: PhantomStyle | None = None) -> Path:
     """Write ``out_dir/case_XXXXX/{imaging,segmentation}.nii.gz`` (KiTS19 layout) for one mask.
 
     ``imaging`` is int16 HU on the mask's grid and affine; ``segmentation`` holds the same
@@ -245,7 +226,7 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0)
     labels_ipl, back, spacing = _to_ipl(img)
     rng = np.random.default_rng(case_seed(seed, name))
     try:
-        phantom = make_phantom(labels_ipl, spacing, rng)
+        phantom = make_phantom(labels_ipl, spacing, rng, style)
     except ValueError as error:
         raise ValueError(f"{mask_path}: {error}") from error
     hu = nib.orientations.apply_orientation(phantom, back)
@@ -262,13 +243,14 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0)
 
 
 def make_phantoms(
-    mask_paths: Iterable[str | Path], out_dir: str | Path, seed: int = 0, progress: bool = True
+    mask_paths: Iterable[str | Path], out_dir: str | Path, seed: int = 0, progress: bool = True,
+    style: PhantomStyle | None = None,
 ) -> list[Path]:
     """``make_phantom_case`` for every mask, with a progress bar (tqdm, else log lines)."""
     paths = [Path(p) for p in mask_paths]
     written = []
     for path in _progress(paths, progress):
-        written.append(make_phantom_case(path, out_dir, seed))
+        written.append(make_phantom_case(path, out_dir, seed, style))
     return written
 
 

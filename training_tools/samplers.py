@@ -3,16 +3,16 @@
 Every sampler draws from a :class:`~training_tools.cache.CachedCase` and returns a
 :data:`Sample` ``(image [1, *P], segmentation target [1, *P], regression target [C, *P])``,
 float32, ``P`` = ``(z, y, x)`` for 3D models or the slice plane for 2D ones. Wherever a window
-reaches past the region it must stay in, the patch is filled with 0 there.
+reaches past the cached crop (the region stage 2 sees at inference), the patch is filled with 0.
 
 - :class:`Stage1Sampler`: ``count`` (100) random 16 x 64 x 64 patches of the whole x4 grid;
   targets = foreground and the 5 landmark heat-maps.
 - :class:`StridePatchSampler` (KT, K1, K2): ``count`` (200) patches of 32 x 128 x 128 on a
   regular stride grid of the crop (ground-truth kidney+tumor box expanded by 16 x 128 x 128).
-- :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches in the
-  ground-truth tumor box expanded by 8 x 16 x 16, zero-padded where that box is smaller
-  (named departures from SPEC: a share centred on kidney instead, or the crop's image instead of
-  zeros around the box).
+- :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches
+  centred in the ground-truth tumor box expanded by 8 x 16 x 16, holding the crop's own image
+  where they reach past that box (SPEC, revised; named departures: a share centred on kidney
+  instead, or SPEC's former zero frame around the box).
 - :class:`TumorSliceSampler` (2D U-Nets): every slice of the crop along the model's axis that
   holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller. The
   boundary target is SPEC's (made per axial slice), cut along the model's axis like the image.
@@ -35,8 +35,8 @@ from .cache import SLICE_AXES, CachedCase
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(image [1, *P], segmentation target [1, *P], regression target [C, *P]), float32."""
 
-TUMOR_BOX_PADDINGS = ("zeros", "image")
-"""What fills a tumor patch outside the expanded tumor box: SPEC's zeros, or the crop's own image."""
+TUMOR_BOX_PADDINGS = ("image", "zeros")
+"""What fills a tumor patch outside the expanded tumor box: the crop's own image (SPEC, revised) or zeros."""
 
 # Which cached boundary channel (cache.BOUNDARY_CHANNELS) is each task's regression target.
 TASK_BOUNDARY_CHANNEL: dict[str, int] = {"foreground": 0, "kidney": 1, "tumor": 2}
@@ -147,13 +147,13 @@ class Stage1Sampler:
 
 
 class StridePatchSampler:
-    """``count`` windows on a regular stride grid of the crop (KT, K1, K2)."""
+    """``count`` windows on a regular stride grid of the crop (KT, K1, K2); none in a case without kidney."""
 
     def __init__(self, task: str, patch: Sequence[int] = (32, 128, 128), count: int = 200):
         self.task, self.patch, self._count = task, tuple(patch), count
 
     def count(self, case: CachedCase) -> int:
-        return self._count
+        return self._count if case.has_kidney else 0
 
     def positions(self, case: CachedCase) -> np.ndarray:
         """All patch starts ``[count, 3]`` in crop voxels."""
@@ -169,13 +169,13 @@ class TumorPatchSampler:
 
     ``kidney_fraction`` (0 = SPEC) of them are instead centred on a random kidney or tumor voxel
     of the crop, so the model also sees healthy kidney, where it runs at inference; a case
-    without tumor then gives only those. ``padding``: outside the box the patch holds
-    ``"zeros"`` (SPEC) or the crop's ``"image"`` and labels (the window still starts where SPEC's
-    would, so the tumor box stays in view).
+    without tumor then gives only those. ``padding``: outside the box the patch holds the
+    crop's ``"image"`` and labels (SPEC, revised) or ``"zeros"`` (the former reading, a zero frame
+    around small tumors); the window starts in the same place either way.
     """
 
     def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100, kidney_fraction: float = 0.0,
-                 padding: str = "zeros"):
+                 padding: str = "image"):
         if not 0.0 <= kidney_fraction <= 1.0:
             raise ValueError(f"kidney_fraction must lie in [0, 1], got {kidney_fraction}")
         if padding not in TUMOR_BOX_PADDINGS:
@@ -184,6 +184,8 @@ class TumorPatchSampler:
         self._kidney_count = int(round(count * kidney_fraction))
 
     def count(self, case: CachedCase) -> int:
+        if not case.has_kidney:
+            return 0
         return self._count if case.tumor_crop_box is not None else self._kidney_count
 
     def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
@@ -244,7 +246,7 @@ class TumorSliceSampler:
 
 
 def make_sampler(spec: RoleSpec, patch_size: Sequence[int] | None = None, count: int | None = None,
-                 kidney_fraction: float = 0.0, tumor_padding: str = "zeros") -> Sampler:
+                 kidney_fraction: float = 0.0, tumor_padding: str = "image") -> Sampler:
     """The SPEC §2 sampler of a role; ``patch_size`` / ``count`` override the role's patch and the
     samples per case (defaults: the role's patch; 100 stage 1, 200 KT / K, 100 T);
     ``kidney_fraction`` and ``tumor_padding``: see :class:`TumorPatchSampler` (3D tumor models only)."""
