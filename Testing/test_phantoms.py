@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from training_tools import cli
-from training_tools.phantom_kidney import TUMOR_KINDS, draw_kidney_look, inner_depth
-from training_tools.phantom_tissues import Contrast, Tissue, measured_hu
+from training_tools.phantom_kidney import ISODENSE_OFFSET_HU, TUMOR_KINDS, draw_kidney_look, inner_depth
+from training_tools.phantom_phases import draw_appearance
+from training_tools.phantom_style import STYLES
+from training_tools.phantom_tissues import Tissue
 from training_tools.phantoms import (
     _progress,
     case_name,
@@ -80,16 +82,18 @@ def _coarse_hu(hu: np.ndarray, info, tissue: Tissue) -> np.ndarray:
     return hu[tuple(i[keep] for i in idx)].astype(np.float64)
 
 
-def test_hu_ranges_per_region(whole):
+def test_hu_ranges_per_region_follow_the_drawn_appearance(whole):
     labels, spacing, hu, info = whole
+    drawn = info.appearance.hu
     fat = _coarse_hu(hu, info, Tissue.FAT)
-    assert abs(np.median(fat) - measured_hu()["fat"]["mean"]) < 15.0
+    assert abs(np.median(fat) - drawn["fat"]) < 15.0
+    assert abs(np.median(_coarse_hu(hu, info, Tissue.LIVER)) - drawn["liver"]) < 15.0
     assert np.median(_coarse_hu(hu, info, Tissue.CORTICAL)) > 200.0
     assert np.median(_coarse_hu(hu, info, Tissue.GAS)) < -500.0
     assert np.median(_coarse_hu(hu, info, Tissue.AIR)) < -500.0
-    assert abs(np.median(_coarse_hu(hu, info, Tissue.LIVER)) - measured_hu()["liver"]["mean"]) < 80.0
-    cortex = (labels == 1) & (inner_depth(labels > 0, spacing) < info.look.cortex_mm - 1.0)
-    assert hu[cortex].mean() > np.median(fat) + 200.0
+    depth = inner_depth(labels > 0, spacing)
+    cortex = (labels == 1) & (depth > 2.0) & (depth < info.look.cortex_mm - 1.0)
+    assert abs(np.median(hu[cortex]) - info.look.cortex_hu) < 25.0
     assert hu.min() >= -1024 and hu.max() <= 3071
 
 
@@ -145,14 +149,21 @@ def test_other_orientations_are_turned_to_kits_axes_and_back(tmp_path):
 
 def test_tumor_kinds_vary_and_isodense_stays_subtle():
     rng = np.random.default_rng(0)
-    looks = [draw_kidney_look(Contrast(rng.uniform(), 1.0), rng) for _ in range(300)]
+    style = STYLES["v2"]
+    pairs = [(appearance, draw_kidney_look(appearance, style, rng))
+             for appearance in (draw_appearance(style, rng) for _ in range(400))]
+    looks = [look for _, look in pairs]
     assert {look.tumor_kind for look in looks} == set(TUMOR_KINDS)
     assert any(look.necrosis_hu is not None for look in looks)
-    for look in looks:
-        assert 140.0 < look.cortex_hu < 220.0
-        if look.tumor_kind == "isodense":
-            parenchyma = 0.6 * look.cortex_hu + 0.4 * look.medulla_hu
-            assert 10.0 <= abs(look.tumor_hu - parenchyma) <= 25.0
+    assert any(look.calcification_hu is not None for look in looks)
+    assert all((look.fat_hu is not None) == (look.tumor_kind == "fat_containing") for look in looks)
+    for appearance, look in pairs:
+        assert look.cortex_hu == appearance.hu["cortex"] and look.medulla_hu == appearance.hu["medulla"]
+        if look.tumor_kind == "isodense" and not appearance.randomised:
+            low, high = ISODENSE_OFFSET_HU
+            assert low <= abs(look.tumor_hu - appearance.parenchyma_hu) <= high
+        if appearance.phase == "corticomedullary" and not appearance.randomised:
+            assert look.cortex_hu > look.medulla_hu + 10.0  # the bright cortical rim
 
 
 def test_tumor_differs_from_kidney_in_some_seeds(small):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from training_tools.phantom_style import PhantomStyle
@@ -73,7 +74,15 @@ def acquire(
         blurred += _noise(blurred.shape, acquisition, rng)
         return blurred
     coarse_shape = tuple(max(2, int(round(n / f))) if f >= COARSER else n for n, f in zip(hu.shape, factors))
-    coarse = ndimage.zoom(blurred, [c / n for c, n in zip(coarse_shape, hu.shape)], order=1, grid_mode=False)
+    coarse = _resize(blurred, coarse_shape)
     coarse += _noise(coarse.shape, acquisition, rng)
-    back = ndimage.zoom(coarse, [n / c for n, c in zip(hu.shape, coarse.shape)], order=1, grid_mode=False)
-    return back.astype(np.float32, copy=False)
+    return _resize(coarse, hu.shape)
+
+
+def _resize(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear resampling of ``volume`` onto ``shape`` samples spanning the same first and last
+    voxel centres (``align_corners``), in torch (several times faster than scipy's zoom)."""
+    with torch.inference_mode():
+        tensor = torch.from_numpy(np.ascontiguousarray(volume, np.float32))[None, None]
+        out = torch.nn.functional.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=True)
+        return out[0, 0].numpy().copy()

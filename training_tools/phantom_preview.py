@@ -1,9 +1,14 @@
 """A picture of phantom cases beside their masks: axial and coronal slices through the tumor.
 
     python -m training_tools.phantom_preview --masks M1.nii.gz M2.nii.gz --seed 0 --out phantoms.png
+    python -m training_tools.phantom_preview --masks M1.nii.gz ... --beside CT.nii.gz --beside-labels SEG.nii.gz \
+        --out phantoms_v2.png
 
 builds the phantoms of the given KiTS19 masks in a temporary folder and draws them; with
-``--cases DIR ...`` it draws existing KiTS19-layout case folders instead.
+``--cases DIR ...`` it draws existing KiTS19-layout case folders instead. ``--beside`` draws a
+real CT first, at the same window, through the middle of its kidneys (TotalSegmentator classes 2
+and 3 of ``--beside-labels``), and every phantom as an axial and a coronal slice with the mask's
+outline: a grid to judge the phantoms' look against a real scan.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from training_tools.phantom_style import DEFAULT_STYLE, STYLES, style_named
 from training_tools.phantoms import make_phantom_case
 
 logger = logging.getLogger(__name__)
@@ -26,14 +32,19 @@ BODY_HU = -500.0
 LABEL_COLOURS = np.array([[0, 0, 0], [0.95, 0.75, 0.2], [0.9, 0.15, 0.15]])  # background, kidney, tumor
 
 
+def _load_volumes(image_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """An image and its labels as ``[z, y, x]`` (I, P, L) arrays, and the spacing."""
+    images = []
+    for path in (image_path, labels_path):
+        img = nib.as_closest_canonical(nib.load(str(path)))  # R, A, S
+        images.append(np.asarray(img.dataobj).transpose(2, 1, 0)[::-1, ::-1, ::-1])  # -> I, P, L
+    zooms = nib.as_closest_canonical(nib.load(str(image_path))).header.get_zooms()[:3]
+    return images[0], images[1].astype(np.uint8), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+
+
 def _load_case(case_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Imaging and labels of a KiTS19-layout case as ``[z, y, x]`` (I, P, L) arrays, and the spacing."""
-    images = []
-    for name in ("imaging.nii.gz", "segmentation.nii.gz"):
-        img = nib.as_closest_canonical(nib.load(str(case_dir / name)))  # R, A, S
-        images.append(np.asarray(img.dataobj).transpose(2, 1, 0)[::-1, ::-1, ::-1])  # -> I, P, L
-    zooms = nib.as_closest_canonical(nib.load(str(case_dir / "imaging.nii.gz"))).header.get_zooms()[:3]
-    return images[0], images[1].astype(np.uint8), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    return _load_volumes(case_dir / "imaging.nii.gz", case_dir / "segmentation.nii.gz")
 
 
 def _tumor_centre(labels: np.ndarray) -> tuple[int, int, int]:
@@ -87,20 +98,74 @@ def save_phantom_preview(case_dirs: Sequence[str | Path], png: str | Path) -> Pa
     return png
 
 
+REAL_KIDNEY_CLASSES = (2, 3)  # TotalSegmentator "total": right and left kidney
+
+
+def _panel(ax, image: np.ndarray, mask: np.ndarray, aspect: float, title: str) -> None:
+    """One slice at the method's window with the kidney (yellow) and tumor (red) outlines."""
+    crop = _body_crop(image)
+    ax.imshow(image[crop], cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], aspect=aspect)
+    for label, colour in ((1, LABEL_COLOURS[1]), (2, LABEL_COLOURS[2])):
+        if (mask[crop] >= label).any():
+            ax.contour(mask[crop] >= label, [0.5], colors=[colour], linewidths=0.6)
+    ax.set_title(title, fontsize=9, color="white")
+    ax.set_axis_off()
+
+
+def save_comparison(real_ct: Path, real_labels: Path, case_dirs: Sequence[str | Path], png: str | Path) -> Path:
+    """A grid: the real CT (column 0) and each phantom, axial slice on top and coronal below,
+    through the middle of the kidneys (real CT) or the tumor (phantoms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [(real_ct, real_labels)] + [(Path(c) / "imaging.nii.gz", Path(c) / "segmentation.nii.gz") for c in case_dirs]
+    fig, axes = plt.subplots(2, len(columns), figsize=(3.2 * len(columns), 6.6), squeeze=False)
+    for k, (image_path, labels_path) in enumerate(columns):
+        hu, labels, spacing = _load_volumes(image_path, labels_path)
+        if k == 0:
+            labels = np.isin(labels, REAL_KIDNEY_CLASSES).astype(np.uint8)
+            name = "real CT (test only)"
+        else:
+            name = f"{Path(case_dirs[k - 1]).name} phantom"
+        z, y, _ = _tumor_centre(labels)
+        _panel(axes[0, k], hu[z], labels[z], spacing[1] / spacing[2], f"{name}, {spacing[0]:g} mm")
+        _panel(axes[1, k], hu[:, y, :], labels[:, y, :], spacing[0] / spacing[2], "coronal")
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=72, facecolor="black")
+    plt.close(fig)
+    return png
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", type=Path, nargs="+", help="KiTS19 label maps to build phantoms from")
     source.add_argument("--cases", type=Path, nargs="+", help="KiTS19-layout case folders")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES), help=f"generator style (default {DEFAULT_STYLE})")
+    parser.add_argument("--beside", type=Path, default=None, help="a real CT to draw first, at the same window")
+    parser.add_argument("--beside-labels", type=Path, default=None, help="its TotalSegmentator label map (kidneys 2, 3)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.beside is not None and args.beside_labels is None:
+        parser.error("--beside needs --beside-labels (to find the kidneys' slices)")
+
+    def draw(cases: Sequence[Path]) -> None:
+        if args.beside is not None:
+            save_comparison(args.beside, args.beside_labels, cases, args.out)
+        else:
+            save_phantom_preview(cases, args.out)
+
     if args.cases:
-        save_phantom_preview(args.cases, args.out)
+        draw(args.cases)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            save_phantom_preview([make_phantom_case(m, tmp, args.seed) for m in args.masks], args.out)
+            draw([make_phantom_case(m, tmp, args.seed, style_named(args.style)) for m in args.masks])
     logger.info("wrote %s", args.out)
     return 0
 
