@@ -11,11 +11,14 @@ from KidneyTumorSegLib.preprocessing import downsample_max, downsample_mean
 from KidneyTumorSegLib.targets import landmark_heatmaps, task_boundary_target
 from training_tools.cache import (
     BOUNDARY_CHANNELS,
+    CachedCase,
+    case_arrays,
     find_kits_cases,
     open_cache,
     prepare_cache,
     tumor_slices,
     working_case,
+    write_case,
 )
 from training_tools.cli import main
 from training_helpers import write_kits_case
@@ -89,3 +92,21 @@ def test_labels_reach_the_working_frame_by_nearest_neighbour(thin_slice_mask):
     assert set(np.unique(working)) == {0, 2}
     frame = working_frame_for(labels.shape, affine)
     np.testing.assert_array_equal(working, to_working_frame(labels, frame, order=0, dtype=np.uint8))
+
+
+def test_a_volume_without_kidney_caches_stage_1_only_and_stage_2_skips_it(tmp_path):
+    from KidneyTumorSegLib.networks.registry import ROLES
+    from training_helpers import synthetic_image
+    from training_tools.samplers import make_sampler
+
+    labels = np.zeros((24, 64, 80), np.uint8)
+    with pytest.raises(ValueError, match="no kidney or tumor"):
+        case_arrays(synthetic_image(labels), labels)
+    arrays, meta = case_arrays(synthetic_image(labels), labels, allow_empty=True)
+    assert sorted(arrays) == ["foreground_down", "image_down", "landmarks_down"]
+    assert not arrays["foreground_down"].any() and not arrays["landmarks_down"].any()
+    assert meta["crop_box"] is None and meta["voxels"] == {"kidney": 0, "tumor": 0}
+    case = CachedCase(write_case(tmp_path, "case_00007", arrays, meta))
+    assert not case.has_kidney
+    counts = {role: make_sampler(spec).count(case) for role, spec in ROLES.items()}
+    assert counts.pop("stage1") == 100 and set(counts.values()) == {0}

@@ -46,3 +46,29 @@ def test_train_command_resumes_with_a_budget(tmp_path):
 
 def test_demo_description_says_it_is_not_clinical():
     assert "NOT A CLINICAL MODEL" in DEMO_DESCRIPTION and "phantom" in DEMO_DESCRIPTION
+
+
+def test_training_some_roles_needs_a_bundle_to_carry_the_others(tmp_path):
+    import pytest
+
+    from training_tools.demo_bundle import DemoOptions, demo_bundle
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(3):
+        (masks / f"case_0000{i}.nii.gz").write_bytes(b"")
+    options = DemoOptions(masks=masks, work=tmp_path / "w", out=tmp_path / "b", device="cpu", eval_cases=1, roles=("KT",))
+    with pytest.raises(ValueError, match="needs --init-bundle"):
+        demo_bundle(options)
+    with pytest.raises(ValueError, match="unknown roles Kidney"):
+        demo_bundle(DemoOptions(masks=masks, work=tmp_path / "w", out=tmp_path / "b", device="cpu", eval_cases=1,
+                                roles=("Kidney",)))
+
+
+def test_variants_and_init_weights_in_the_command_lines(tmp_path):
+    from training_tools.demo_bundle import variant_name
+
+    assert variant_name(tmp_path / "case_00012.nii.gz", 0) == "case_00012"
+    assert variant_name(tmp_path / "case_00012" / "segmentation.nii.gz", 2) == "case_00012_v2"
+    command = train_command("KT", "demo-cpu", tmp_path, tmp_path / "KT", "cpu", 1, None, tmp_path / "bundle")
+    assert command[command.index("--init-weights") + 1] == str(tmp_path / "bundle" / "KT.pt")

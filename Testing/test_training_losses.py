@@ -1,6 +1,8 @@
 """Losses, the poly schedule and the twelve configurations against their definitions in SPEC §2."""
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -88,14 +90,16 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
         assert config.iterations >= 1 and config.batch_size >= 1 and config.base_channels >= 1
         if preset == "paper":
             assert config.learning_rate == lr and config.spec_deviations() == []
-        else:  # the demo presets raise the learning rate, and each run records it as a deviation
-            assert config.learning_rate == 1e-3
-            expected = [] if lr == 1e-3 else [f"learning rate 0.001 (SPEC {lr:g})"]
+        else:  # the demo presets raise the learning rate and augment; each run records both as deviations
+            assert config.learning_rate in (5e-4, 1e-3) and config.augmentation
+            expected = [] if config.learning_rate == lr else [f"learning rate {config.learning_rate:g} (SPEC {lr:g})"]
             if config.kidney_patch_fraction:
                 expected.append(f"{config.kidney_patch_fraction:g} of the patches centred on kidney "
                                 "(SPEC: all in the expanded tumor box)")
-            if config.tumor_box_padding == "image":
-                expected.append("image around the expanded tumor box instead of zeros (SPEC: zero-padded)")
+            if config.tumor_box_padding == "zeros":
+                expected.append("zeros around the expanded tumor box (SPEC: the image's own voxels)")
+            expected.append(f"training-time augmentation {json.dumps(config.augmentation, sort_keys=True)} "
+                            "(the paper uses none)")
             assert config.spec_deviations() == expected
 
 
@@ -111,11 +115,11 @@ def test_demo_presets_reduce_the_width_and_overrides_apply_last():
         load_config("KT", None, {"iteration": 3})
 
 
-def test_tumor_box_padding_is_zeros_by_default_and_only_for_the_3d_tumor_models():
-    assert all(c.tumor_box_padding == "zeros" for c in all_configs("paper").values())
-    config = load_config("T-unet", "paper", {"tumor_box_padding": "image"})
-    assert config.spec_deviations() == ["image around the expanded tumor box instead of zeros (SPEC: zero-padded)"]
+def test_tumor_box_padding_is_the_image_by_default_and_zeros_only_for_the_3d_tumor_models():
+    assert all(c.tumor_box_padding == "image" for c in all_configs("paper").values())
+    config = load_config("T-unet", "paper", {"tumor_box_padding": "zeros"})
+    assert config.spec_deviations() == ["zeros around the expanded tumor box (SPEC: the image's own voxels)"]
     with pytest.raises(ValueError, match="tumor_box_padding must be one of"):
         load_config("T-vnet", "paper", {"tumor_box_padding": "mirror"})
     with pytest.raises(ValueError, match="applies to T-vnet and T-unet only"):
-        load_config("KT", "paper", {"tumor_box_padding": "image"})
+        load_config("KT", "paper", {"tumor_box_padding": "zeros"})

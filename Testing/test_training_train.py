@@ -176,3 +176,22 @@ def test_the_loop_follows_the_configured_loss_weights_poly_schedule_and_adam_wei
     groups = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
     assert all(g["weight_decay"] == config.weight_decay and not g.get("decoupled_weight_decay", False) for g in groups)
     assert all(g["betas"] == (0.9, 0.999) and not g["amsgrad"] for g in groups)  # plain Adam
+
+
+def test_export_carries_roles_without_a_run_over_from_a_bundle_unchanged(cache, tmp_path):
+    runs = []
+    for role, patch in (("stage1", [16, 32, 32]), ("KT", [16, 32, 32]), ("K1", [16, 32, 32])):
+        train(load_config(role, "paper", {**TINY, "iterations": 1, "patch_size": patch}), _options(cache, tmp_path / role))
+        runs.append(tmp_path / role)
+    old = export_bundle(runs, tmp_path / "old", "old-bundle", "d", "data")
+    tuned = tmp_path / "tuned" / "KT"
+    train(load_config("KT", "paper", {**TINY, "iterations": 1, "patch_size": [16, 32, 32]}),
+          _options(cache, tuned, init_weights=old / "KT.pt"))
+    new = load_bundle(export_bundle([tuned], tmp_path / "new", "new-bundle", "d", "data", carry_over=old))
+    assert new.roles == ("stage1", "KT", "K1")
+    for role in ("stage1", "K1"):  # carried over byte for byte, and the record says from where
+        assert (old / f"{role}.pt").read_bytes() == (tmp_path / "new" / f"{role}.pt").read_bytes()
+        assert new.manifest["provenance"]["runs"][role]["carried_over_from"] == "old-bundle"
+        assert "folder" not in new.manifest["provenance"]["runs"][role]
+    started = new.manifest["provenance"]["runs"]["KT"]["initialised_from"]
+    assert started["weights"] == "KT.pt" and started["bundle"] == "old-bundle" and "folder" not in started

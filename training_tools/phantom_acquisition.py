@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from training_tools.phantom_style import PhantomStyle
@@ -80,9 +79,18 @@ def acquire(
 
 
 def _resize(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Trilinear resampling of ``volume`` onto ``shape`` samples spanning the same first and last
-    voxel centres (``align_corners``), in torch (several times faster than scipy's zoom)."""
-    with torch.inference_mode():
-        tensor = torch.from_numpy(np.ascontiguousarray(volume, np.float32))[None, None]
-        out = torch.nn.functional.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=True)
-        return out[0, 0].numpy().copy()
+    """Linear resampling of ``volume`` onto ``shape`` samples spanning the same first and last voxel
+    centres, one axis at a time (numpy only: several times faster than scipy's zoom, and no
+    thread pool to hang in a worker process)."""
+    out = np.asarray(volume, np.float32)
+    for axis, count in enumerate(shape):
+        size = out.shape[axis]
+        if size == count:
+            continue
+        position = np.linspace(0.0, size - 1.0, count) if count > 1 else np.zeros(1)
+        low = np.minimum(np.floor(position).astype(np.int64), size - 1)
+        high = np.minimum(low + 1, size - 1)
+        weight = (position - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        first = np.take(out, low, axis=axis)
+        out = first + (np.take(out, high, axis=axis) - first) * weight
+    return out

@@ -68,6 +68,7 @@ ENHANCED_HU: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[flo
     "stomach": ((60.0, 110.0), (70.0, 110.0), (60.0, 90.0)),
 }
 URINE_NON_CONTRAST = (0.0, 20.0)
+CORTICOMEDULLARY_GAP_HU = 40.0  # the cortex stays at least this much brighter than the medulla
 # Enhancement over the non-contrast value where a tissue has no enhanced range of its own.
 FOLLOWS = {"paraspinal": "muscle", "psoas": "muscle"}
 # Soft tissues redrawn independently in a contrast-agnostic ("random") case.
@@ -124,6 +125,8 @@ def draw_appearance(style: PhantomStyle, rng: np.random.Generator) -> Appearance
     """Phase, then each tissue's HU from its widened range (or a contrast-agnostic draw)."""
     phase = str(rng.choice(PHASES, p=np.asarray(style.phase_weights) / sum(style.phase_weights)))
     hu = {name: _widened(low, high, style, rng) for name, (low, high) in sorted(phase_ranges(phase).items())}
+    if phase == "corticomedullary":  # widening must not undo the bright cortical rim
+        hu["medulla"] = min(hu["medulla"], hu["cortex"] - CORTICOMEDULLARY_GAP_HU)
     randomised = bool(rng.uniform() < style.random_soft_tissue)
     if randomised:
         for name in SOFT_TISSUES:
