@@ -67,7 +67,8 @@ def run_provenance(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def _weights_provenance(weights: Path) -> dict[str, Any]:
     """What a fine-tuned run started from: the run's record when the weights are a run's
-    ``model.pt``, the bundle's record of that role when they are a bundle's ``ROLE.pt``."""
+    ``model.pt`` (paths relative to that run's work folder), the bundle's record of that role when
+    they are a bundle's ``ROLE.pt``."""
     if (weights.parent / RUN_NAME).is_file():
         return {"weights": work_relative(weights, weights.parent), **run_provenance(read_run(weights.parent))}
     manifest = weights.parent / "manifest.json"
@@ -75,7 +76,7 @@ def _weights_provenance(weights: Path) -> dict[str, Any]:
         bundle = json.loads(manifest.read_text())
         record = bundle.get("provenance", {}).get("runs", {}).get(weights.stem, {})
         return {"weights": weights.name, "bundle": bundle.get("name"), **_without_folder(record)}
-    return {"weights": weights.name}
+    return {"weights": work_relative(weights, weights.parent)}
 
 
 def _without_folder(record: Mapping[str, Any]) -> dict[str, Any]:
