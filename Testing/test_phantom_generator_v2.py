@@ -105,11 +105,15 @@ def test_field_of_view_holds_cuts_or_misses_the_kidneys(real_mask):
     labels, spacing = real_mask
     style = STYLES["v2"]
     for seed in range(5):
-        whole = replace(style, cut_kidney=0.0, no_kidney=0.0)
+        whole = replace(style, cut_kidney=0.0, no_kidney=0.0, short_window=0.0)
         fov = draw_field_of_view(labels, spacing, whole, np.random.default_rng(seed))
         assert _labelled(fov.pad(labels)[fov.keep]) == _labelled(labels)
         cut = draw_field_of_view(labels, spacing, replace(style, cut_kidney=1.0, no_kidney=0.0), np.random.default_rng(seed))
         assert 0 < _labelled(cut.pad(labels)[cut.keep]) < _labelled(labels)
+        short_style = replace(style, cut_kidney=0.0, no_kidney=0.0, short_window=1.0, short_mm=(45.0, 60.0))
+        short = draw_field_of_view(labels, spacing, short_style, np.random.default_rng(seed))
+        assert short.keep[0].stop - short.keep[0].start <= int(60.0 / spacing[0])
+        assert _labelled(short.pad(labels)[short.keep]) > 0
         missed = replace(style, extend_mm=(150.0, 150.0), no_kidney=1.0)
         none = draw_field_of_view(labels, spacing, missed, np.random.default_rng(seed))
         assert _labelled(none.pad(labels)[none.keep]) == 0 and none.keep[0].stop - none.keep[0].start >= 8
@@ -117,7 +121,7 @@ def test_field_of_view_holds_cuts_or_misses_the_kidneys(real_mask):
 
 def test_training_phantom_pads_paints_and_windows(real_mask):
     labels, spacing = real_mask
-    style = replace(STYLES["v2"], extend_mm=(9.0, 9.0), cut_kidney=0.0, no_kidney=0.0)
+    style = replace(STYLES["v2"], extend_mm=(9.0, 9.0), cut_kidney=0.0, no_kidney=0.0, short_window=0.0)
     hu, window_labels, fov = make_training_phantom(labels, spacing, np.random.default_rng(3), style)
     assert hu.shape == window_labels.shape and hu.dtype == np.int16
     assert np.array_equal(window_labels, fov.pad(labels)[fov.keep])

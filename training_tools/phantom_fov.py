@@ -3,7 +3,8 @@
 Real scans run from the lower chest to the pelvis, are truncated at random levels, sometimes
 cut through a kidney or hold none, and their in-plane field of view may cut the body. A
 training phantom is painted on its label map padded with empty slices above and below, then
-a window of it is kept. Arrays are ``[z, y, x]`` (I, P, L).
+a window of it is kept: short scans (a few centimetres around the kidneys) among them. Arrays are
+``[z, y, x]`` (I, P, L).
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def _in_plane(n: int, spacing: float, low: int, high: int, style: PhantomStyle, 
     return slice(first, first + width)
 
 
-def _slices(n: int, low: int, high: int, style: PhantomStyle, rng: np.random.Generator) -> slice:
-    """The z window: holds ``low..high``, cuts into it, or misses it (when there is room)."""
+def _slices(n: int, low: int, high: int, spacing: float, style: PhantomStyle, rng: np.random.Generator) -> slice:
+    """The z window: holds ``low..high``, cuts into it, misses it (when there is room), or is a
+    short window (``short_mm``) centred somewhere in it."""
     draw = rng.uniform()
     if draw < style.no_kidney:
         room = [(0, low - 1), (high + 1, n - 1)]
@@ -58,6 +60,10 @@ def _slices(n: int, low: int, high: int, style: PhantomStyle, rng: np.random.Gen
         if rng.uniform() < 0.5:
             return slice(int(rng.integers(low + 1, middle + 1)), int(rng.integers(high + 1, n + 1)))
         return slice(int(rng.integers(0, low + 1)), int(rng.integers(middle + 1, high + 1)))
+    if draw < style.no_kidney + style.cut_kidney + style.short_window:
+        length = max(MIN_SLICES, int(rng.uniform(*style.short_mm) / spacing))
+        first = min(max(int(rng.integers(low, high + 1)) - length // 2, 0), max(n - length, 0))
+        return slice(first, min(first + length, n))
     return slice(int(rng.integers(0, low + 1)), int(rng.integers(high + 1, n + 1)))
 
 
@@ -67,6 +73,6 @@ def draw_field_of_view(
     """Padding and window for a ``[z, y, x]`` label map with kidney voxels (``spacing`` mm)."""
     before, after = (int(rng.uniform(*style.extend_mm) / spacing[0]) for _ in range(2))
     z_low, z_high = _labelled_range(labels, 0)
-    keep_z = _slices(labels.shape[0] + before + after, z_low + before, z_high + before, style, rng)
+    keep_z = _slices(labels.shape[0] + before + after, z_low + before, z_high + before, spacing[0], style, rng)
     keep_yx = [_in_plane(labels.shape[a], spacing[a], *_labelled_range(labels, a), style, rng) for a in (1, 2)]
     return FieldOfView(before, after, (keep_z, *keep_yx))

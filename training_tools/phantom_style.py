@@ -30,8 +30,9 @@ class PhantomStyle:
     ``resolution``: False keeps the grid's own resolution (no acquisition blur or resampling).
     Field of view (``phantom_fov``; training volumes only): ``extend_mm`` more body painted above
     and below the mask (range, each end), then a window of slices kept that holds every kidney,
-    cuts through them (``cut_kidney``) or misses them (``no_kidney``); in-plane, a window
-    ``fov_mm`` wide (range) around the kidneys.
+    cuts through them (``cut_kidney``), misses them (``no_kidney``) or is short (``short_window``: a
+    ``short_mm`` long window centred in the kidneys); in-plane, a window ``fov_mm`` wide (range)
+    around the kidneys.
     """
 
     phase_weights: tuple[float, float, float, float] = (0.3, 0.25, 0.3, 0.15)
@@ -53,6 +54,8 @@ class PhantomStyle:
     extend_mm: tuple[float, float] = (0.0, 150.0)
     cut_kidney: float = 0.1
     no_kidney: float = 0.05
+    short_window: float = 0.2
+    short_mm: tuple[float, float] = (45.0, 150.0)
     fov_mm: tuple[float, float] = (280.0, 500.0)
 
 
@@ -71,6 +74,7 @@ STYLES: dict[str, PhantomStyle] = {
         extend_mm=(0.0, 0.0),
         cut_kidney=0.0,
         no_kidney=0.0,
+        short_window=0.0,
         fov_mm=(1e4, 1e4),
     ),
 }
