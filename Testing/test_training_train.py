@@ -184,6 +184,10 @@ def test_export_carries_roles_without_a_run_over_from_a_bundle_unchanged(cache, 
         train(load_config(role, "paper", {**TINY, "iterations": 1, "patch_size": patch}), _options(cache, tmp_path / role))
         runs.append(tmp_path / role)
     old = export_bundle(runs, tmp_path / "old", "old-bundle", "d", "data")
+    manifest = json.loads((old / "manifest.json").read_text())  # as an older export wrote it: machine paths
+    manifest["provenance"]["runs"]["KT"]["initialised_from"] = {"weights": "/scratch/w2/runs/KT/model.pt",
+                                                                "folder": "/scratch/w2/runs/KT"}
+    (old / "manifest.json").write_text(json.dumps(manifest))
     tuned = tmp_path / "tuned" / "KT"
     train(load_config("KT", "paper", {**TINY, "iterations": 1, "patch_size": [16, 32, 32]}),
           _options(cache, tuned, init_weights=old / "KT.pt"))
@@ -195,3 +199,4 @@ def test_export_carries_roles_without_a_run_over_from_a_bundle_unchanged(cache, 
         assert "folder" not in new.manifest["provenance"]["runs"][role]
     started = new.manifest["provenance"]["runs"]["KT"]["initialised_from"]
     assert started["weights"] == "KT.pt" and started["bundle"] == "old-bundle" and "folder" not in started
+    assert started["initialised_from"] == {"weights": "model.pt"}  # the older run's machine paths stay behind

@@ -7,7 +7,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import torch
@@ -80,8 +80,18 @@ def _weights_provenance(weights: Path) -> dict[str, Any]:
 
 
 def _without_folder(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A run record copied from another bundle, less the run folder (a path on the machine that trained it)."""
-    return {k: v for k, v in record.items() if k != "folder"}
+    """A run record copied from another bundle, less the run folder (a path on the machine that
+    trained it), at every depth; an absolute weights path an older bundle recorded keeps its name only."""
+    portable: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "folder":
+            continue
+        if isinstance(value, Mapping):
+            value = _without_folder(value)
+        elif key == "weights" and isinstance(value, str) and (value.startswith("/") or PureWindowsPath(value).drive):
+            value = PureWindowsPath(value).name
+        portable[key] = value
+    return portable
 
 
 def carried_roles(bundle_dir: Path, skip: Sequence[str]) -> tuple[dict[str, tuple], dict[str, dict[str, Any]]]:
