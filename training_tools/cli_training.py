@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
     """Register every training sub-command."""
-    for add in (_add_prepare, _add_configs, _add_train, _add_evaluate, _add_export, _add_demo_bundle):
+    for add in (_add_prepare, _add_configs, _add_train, _add_evaluate, _add_export, _add_curves, _add_demo_bundle):
         add(commands)
 
 
@@ -189,6 +189,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
     extra = {"evaluation": json.loads(args.metrics.read_text())} if args.metrics else {}
     export_bundle(args.runs, args.out, args.name, args.description, args.data_description, demo=args.demo,
                   license_name=args.license, extra_provenance=extra, half=args.half, overwrite=args.overwrite)
+    return 0
+
+
+# --- curves -----------------------------------------------------------------------------------
+
+
+def _add_curves(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("curves", help="plot validation Dice over a relay of training legs",
+                                 description="One panel per model: validation Dice against the iterations of "
+                                 "every leg in turn (a bundle's training/LEG/ROLE.csv logs, or runs' log.csv "
+                                 "copied as ROLE.csv).")
+    parser.add_argument("--leg", action="append", required=True, metavar="NAME=FOLDER",
+                        help="a leg's name and its folder of ROLE.csv logs, oldest first (repeat)")
+    parser.add_argument("--roles", default=None, help="comma-separated models (default: all twelve)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.set_defaults(run=_cmd_curves)
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from KidneyTumorSegLib.networks.registry import ROLES
+    from training_tools.logs import plot_relay
+
+    legs = []
+    for text in args.leg:
+        name, sep, folder = text.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise ValueError(f"--leg {text}: expected NAME=FOLDER with an existing folder")
+        legs.append((name, Path(folder)))
+    roles = [r for r in args.roles.split(",") if r] if args.roles else list(ROLES)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown roles {', '.join(unknown)}; expected some of {', '.join(ROLES)}")
+    plot_relay(legs, roles, args.out)
+    logger.info("wrote %s", args.out)
     return 0
 
 

@@ -103,3 +103,49 @@ def _plot(axis, rows: Sequence[dict[str, float]], key: str, marker: str | None =
     if points:
         x, y = zip(*points)
         axis.plot(x, y, label=key, marker=marker, markersize=3)
+
+
+def relay_validation(legs: Sequence[tuple[str, Path]], role: str) -> list[tuple[str, list[int], list[float]]]:
+    """Validation Dice of ``role`` over a relay of training legs: per leg (name, folder of
+    ``ROLE.csv`` logs, oldest first), the iterations counted from the relay's start and the Dice.
+    A leg without that role's log (the role was carried over) adds nothing."""
+    points, offset = [], 0
+    for name, folder in legs:
+        path = Path(folder) / f"{role}.csv"
+        if not path.is_file():
+            continue
+        rows = read_log(path)
+        validated = [(offset + r["iteration"], r["val_dice"]) for r in rows if "val_dice" in r]
+        if validated:
+            iterations, dice = zip(*validated)
+            points.append((name, list(iterations), list(dice)))
+        offset += max((r["iteration"] for r in rows), default=0)
+    return points
+
+
+def plot_relay(legs: Sequence[tuple[str, Path]], roles: Sequence[str], png_path: Path) -> Path:
+    """PNG of every role's validation Dice over a relay of training legs, one panel per role,
+    one colour per leg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(roles))
+    rows = -(-len(roles) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.2 * rows), squeeze=False)
+    colours = {name: f"C{i}" for i, (name, _) in enumerate(legs)}
+    for axis, role in zip(axes.flat, roles):
+        for name, iterations, dice in relay_validation(legs, role):
+            axis.plot(iterations, dice, marker="o", markersize=2, color=colours[name], label=name)
+        axis.set_title(role)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("iteration (all legs)")
+        axis.set_ylabel("validation Dice")
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(roles):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=90)
+    plt.close(figure)
+    return png_path
