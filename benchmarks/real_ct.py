@@ -6,7 +6,7 @@ TotalSegmentator label map of the 30-slice excerpt (classes 2 and 3: right and l
 - ``example_ct_sm`` (the 30 slices, ``Testing/Data/totalsegmentator``): kidney Dice (label > 0
   against the reference), precision, recall, the share of reference kidney voxels inside stage 1's
   crop, whether a kidney was found, and the seconds of the whole cascade.
-- ``example_ct`` (the whole scan, 112 slices, beside the repository in ``shared/data``): the cascade
+- ``example_ct`` (the whole scan, 112 slices, in ``Testing/Data/totalsegmentator`` too): the cascade
   runs on the whole scan and is scored on the reference's 30 slices only (``example_ct_sm`` is its
   slices 82-111; the kidneys reach below them, where there is no reference), or on a whole-volume
   reference given with ``--whole-reference``.
@@ -28,7 +28,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = ROOT / "Testing" / "Data" / "totalsegmentator"
-SHARED = ROOT.parent / "shared" / "data" / "totalsegmentator"
 KIDNEY_CLASSES = (2, 3)  # TotalSegmentator "total": right and left kidney
 EXCERPT_FIRST_SLICE = 82  # example_ct_sm is example_ct[:, :, 82:112]
 
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--excerpt", type=Path, default=TEST_DATA / "example_ct_sm.nii.gz", help="the 30-slice CT")
     parser.add_argument("--reference", type=Path, default=TEST_DATA / "example_seg.nii.gz",
                         help="its TotalSegmentator label map")
-    parser.add_argument("--whole", type=Path, default=SHARED / "example_ct.nii.gz",
-                        help="the whole scan (skipped when absent)")
+    parser.add_argument("--whole", type=Path, default=TEST_DATA / "example_ct.nii.gz", help="the whole scan")
     parser.add_argument("--whole-reference", type=Path, default=None,
                         help="a TotalSegmentator label map of the whole scan (default: the excerpt's, on its slices)")
     parser.add_argument("--skip-whole", action="store_true", help="only the excerpt")
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     excerpt_reference = reference_kidneys(args.reference)
     result = {"example_ct_sm": measure(args.excerpt, excerpt_reference, args.bundle, args.threads)}
-    if not args.skip_whole and args.whole.is_file():
+    if not args.skip_whole:
         from KidneyTumorSegLib.imageio import read_image
 
         if args.whole_reference is not None:

@@ -34,7 +34,7 @@ KITS_CROPS: dict[str, Box | None] = {
     "case_00015": ((24, 70), (248, 413), (94, 433)),  # 3 mm slices, stored as uint16, two kidneys
     "case_00030": None,  # 5 mm slices, whole 512 x 512 slices, 1.46 L tumor
 }
-TOTALSEG_FILES = ("example_ct_sm.nii.gz", "example_seg.nii.gz", "LICENSE")
+TOTALSEG_FILES = ("example_ct.nii.gz", "example_ct_sm.nii.gz", "example_seg.nii.gz", "LICENSE")
 SAMPLE_CASE, SAMPLE_SEED, SAMPLE_SLICES = "case_00048", 5, (11, 41)  # 5 mm slices, two kidneys
 BODY_HU = -500  # the demo sample is cropped in-plane to voxels above this, plus a margin
 BODY_MARGIN_PX = 8
