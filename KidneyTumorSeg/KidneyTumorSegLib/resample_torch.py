@@ -1,10 +1,11 @@
 """Working-frame resampling in torch, on the CPU or a GPU: the same result as
 :func:`geometry.to_working_frame` (linear or nearest) within float rounding.
 
-An axis-aligned input (KiTS19's I,P,L, RAS, LPS, ...) is interpolated one axis at a time, straight
-from the array as read (no reordering copy): on this project's 2-core CPU preparing a 234 x 512 x 512
-case takes 0.5 s, against 1.4 s for copying it to C order and running ``grid_sample``. An oblique
-input goes through ``grid_sample`` in slabs."""
+An axis-aligned input (KiTS19's I,P,L, RAS, LPS, ...) is interpolated one axis at a time in its
+own memory order (no reordering copy of the input; on the CPU the gathers go through numpy's
+``take``): on this project's 2-core CPU a 600 x 512 x 512 int16 case takes about 0.3 s, against
+1.0-1.4 s gathering in ``[z, y, x]`` order with torch's ``index_select``, with the same values
+bit for bit. An oblique input goes through ``grid_sample`` in slabs."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,7 +54,7 @@ def to_working_frame_torch(array: np.ndarray, frame: WorkingFrame, device: torch
         raise ValueError(f"array shape {array.shape} does not match the frame's input grid {frame.source_shape}")
     mapping = axis_map(frame)
     if mapping is not None:
-        return _separable(torch.from_numpy(_positive_strides(array)).to(device), mapping, frame.shape, order)
+        return _separable(_positive_strides(array), mapping, frame.shape, order, torch.device(device))
     return _grid_sampled(array, frame, device, order, slab)
 
 
@@ -62,25 +63,49 @@ def _positive_strides(array: np.ndarray) -> np.ndarray:
     return array if all(stride >= 0 for stride in array.strides) else np.ascontiguousarray(array)
 
 
-def _separable(source: torch.Tensor, mapping: AxisMap, shape: tuple[int, int, int], order: int) -> torch.Tensor:
-    """Interpolate ``source`` ``[i, j, k]`` onto ``shape`` ``[z, y, x]`` along one axis at a time,
-    the most shrinking axis first so that later passes see less data. Indices beyond the input
-    clamp to its edge (``grid_sample``'s border mode)."""
-    volume = source.permute(*mapping.source_axes)  # a view in working axis order
-    for axis in sorted(range(3), key=lambda a: shape[a] / volume.shape[a]):
-        length = volume.shape[axis]
-        position = torch.arange(shape[axis], dtype=torch.float64, device=source.device)
+def _gather(volume: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+    """``volume.index_select(axis, index)``; on the CPU through numpy's ``take``, which copies whole
+    rows and planes and is 5-50x faster than torch's per-element path along the last axis."""
+    if volume.device.type != "cpu":
+        return volume.index_select(axis, index)
+    return torch.from_numpy(np.take(volume.numpy(), index.numpy(), axis=axis))
+
+
+def _separable(array: np.ndarray, mapping: AxisMap, shape: tuple[int, int, int], order: int,
+               device: torch.device) -> torch.Tensor:
+    """Interpolate ``array`` ``[i, j, k]`` onto ``shape`` ``[z, y, x]`` along one working axis at a
+    time, the most shrinking axis first so that later passes see less data. Indices beyond the input
+    clamp to its edge (``grid_sample``'s border mode).
+
+    The passes run on the array in its own memory order (nibabel's Fortran order is ``[k, j, i]`` in
+    C order), so each gathers contiguous runs; one copy at the end puts the result in ``[z, y, x]``
+    C order. Every value is the same as gathering in ``[z, y, x]`` order (``lerp`` is elementwise).
+    An integer input has no -0.0, inf or NaN, so where every weight of a pass is 0 (a slice spacing
+    that divides the working one, e.g. 1 mm -> 3 mm) its upper neighbours are not read:
+    ``lerp(low, high, 0)`` is exactly ``low`` then.
+    """
+    memory = sorted(range(3), key=lambda axis: -array.strides[axis])  # input axes, slowest in memory first
+    volume = torch.from_numpy(array.transpose(memory)).to(device)
+    memory_axis = [memory.index(axis) for axis in mapping.source_axes]  # working axis -> axis of ``volume``
+    exact_zero_weight = not volume.is_floating_point()
+    for axis in sorted(range(3), key=lambda a: shape[a] / volume.shape[memory_axis[a]]):
+        along = memory_axis[axis]
+        length = volume.shape[along]
+        position = torch.arange(shape[axis], dtype=torch.float64, device=device)
         position = (position * mapping.scale[axis] + mapping.offset[axis]).clamp_(0, length - 1)
-        broadcast = [1, 1, 1]
-        broadcast[axis] = -1
         if order == 0:
-            volume = volume.index_select(axis, torch.floor(position + 0.5).long()).float()
+            volume = _gather(volume, along, torch.floor(position + 0.5).long()).float()
             continue
         low = position.floor().long()
-        weight = (position - low).float().view(broadcast)
+        weight = (position - low).float()
+        if exact_zero_weight and not weight.any():
+            volume = _gather(volume, along, low).float()
+            continue
+        broadcast = [1, 1, 1]
+        broadcast[along] = -1
         high = (low + 1).clamp_(max=length - 1)
-        volume = volume.index_select(axis, low).float().lerp_(volume.index_select(axis, high).float(), weight)
-    return volume.contiguous()  # float32: every pass above converts
+        volume = _gather(volume, along, low).float().lerp_(_gather(volume, along, high).float(), weight.view(broadcast))
+    return volume.permute(*memory_axis).contiguous()  # float32: every pass above converts
 
 
 def _grid_sampled(array: np.ndarray, frame: WorkingFrame, device: torch.device | str, order: int,
