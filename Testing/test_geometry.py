@@ -151,6 +151,35 @@ def test_same_mask_in_any_axis_aligned_orientation_gives_the_same_working_array(
     np.testing.assert_array_equal(back, reoriented(labels_to_source(working, frame), affine, axcodes)[0])
 
 
+def _look_up_every_voxel(labels_zyx: np.ndarray, frame: WorkingFrame) -> np.ndarray:
+    """The plain formulation of going back: every input voxel takes the label of its nearest
+    working voxel (per-axis nearest indices over the whole input grid)."""
+    transform = nio.ornt_transform(nio.io_orientation(frame.source_affine), nio.io_orientation(frame.affine))
+    shape = nio.apply_orientation(np.empty(frame.source_shape, bool), transform).shape
+    mapping = np.linalg.inv(frame.affine) @ (frame.source_affine @ nio.inv_ornt_aff(transform, frame.source_shape))
+    index = [np.clip(np.floor(np.arange(n) * mapping[a, a] + mapping[a, 3] + 0.5), 0, frame.shape[a] - 1).astype(int)
+             for a, n in enumerate(shape)]
+    back = nio.ornt_transform(nio.io_orientation(frame.affine), nio.io_orientation(frame.source_affine))
+    return nio.apply_orientation(labels_zyx[np.ix_(*index)], back)
+
+
+@pytest.mark.parametrize("axcodes", [("I", "P", "L"), ("R", "A", "S"), ("P", "S", "R")])
+def test_labels_go_back_like_a_look_up_of_every_input_voxel(thin_slice_mask: nib.Nifti1Image,
+                                                           axcodes: tuple[str, str, str]) -> None:
+    """Only the input voxels in the box of the non-zero labels are looked up (the rest stay 0), and
+    the result is in NIfTI's Fortran order; every voxel is what a look-up of all of them gives."""
+    labels, affine = reoriented(real_labels(thin_slice_mask), thin_slice_mask.affine, axcodes)
+    frame = working_frame_for(labels.shape, affine)
+    working = to_working_frame(labels, frame, order=0, dtype=np.uint8)
+    one_kidney = working.copy()
+    one_kidney[:, :, : working.shape[2] // 2] = 0
+    for kept in (working, one_kidney, np.zeros_like(working)):
+        back = labels_to_source(kept, frame)
+        assert back.flags.f_contiguous and back.dtype == np.uint8
+        np.testing.assert_array_equal(back, _look_up_every_voxel(kept, frame))
+    assert labels_to_source(one_kidney, frame).any() and not labels_to_source(np.zeros_like(working), frame).any()
+
+
 def test_as_closest_canonical_ras_gives_the_same_working_array(thin_slice_mask: nib.Nifti1Image) -> None:
     labels = real_labels(thin_slice_mask)
     ras = nib.as_closest_canonical(nib.Nifti1Image(labels, thin_slice_mask.affine))

@@ -141,7 +141,9 @@ def labels_to_source(labels_zyx: np.ndarray, frame: WorkingFrame) -> np.ndarray:
     """Nearest-neighbour resampling of a working-frame label map back onto the input grid ``[i, j, k]``.
 
     Axis-aligned inputs use per-axis index look-ups (exact nearest neighbour, no interpolation
-    kernel over the whole volume); oblique ones a general order-0 affine resampling.
+    kernel) over the input voxels that fall in the bounding box of the non-zero labels -- the
+    rest stay 0 -- and come back in Fortran order, NIfTI's own, so writing them copies nothing.
+    Oblique inputs use a general order-0 affine resampling.
     """
     if labels_zyx.shape != frame.shape:
         raise ValueError(f"labels shape {labels_zyx.shape} does not match the working frame {frame.shape}")
@@ -151,19 +153,34 @@ def labels_to_source(labels_zyx: np.ndarray, frame: WorkingFrame) -> np.ndarray:
             labels_zyx, mapping[:3, :3], offset=mapping[:3, 3], output_shape=frame.source_shape,
             order=0, mode="nearest", prefilter=False,
         )
+    source = np.zeros(frame.source_shape, dtype=labels_zyx.dtype, order="F")
+    bounds = _nonzero_bounds(labels_zyx)
+    if bounds is None:
+        return source
     transform = _reorientation(frame.source_affine, frame.affine)
-    reoriented_shape = tuple(int(s) for s in nio.apply_orientation(np.empty(frame.source_shape, bool), transform).shape)
+    reoriented = nio.apply_orientation(source, transform)  # a view of ``source`` with the working axes
     reoriented_affine = frame.source_affine @ nio.inv_ornt_aff(transform, frame.source_shape)
-    mapping = np.linalg.inv(frame.affine) @ reoriented_affine  # reoriented index -> working index (diagonal)
-    index = [
-        np.clip(np.floor(np.arange(n) * mapping[a, a] + mapping[a, 3] + 0.5), 0, frame.shape[a] - 1).astype(np.intp)
-        for a, n in enumerate(reoriented_shape)
-    ]
-    reoriented = labels_zyx
+    mapping = np.linalg.inv(frame.affine) @ reoriented_affine  # reoriented index -> working index (diagonal, > 0)
+    block, target = labels_zyx[tuple(slice(low, high + 1) for low, high in bounds)], []
     for axis in (2, 1, 0):  # one axis at a time, the slice axis last (whole-slice copies): 5x np.ix_'s speed
-        reoriented = reoriented.take(index[axis], axis=axis)
-    back = _reorientation(frame.affine, frame.source_affine)
-    return np.ascontiguousarray(nio.apply_orientation(reoriented, back))
+        low, high = bounds[axis]
+        index = np.floor(np.arange(reoriented.shape[axis]) * mapping[axis, axis] + mapping[axis, 3] + 0.5)
+        index = np.clip(index, 0, frame.shape[axis] - 1).astype(np.intp)  # non-decreasing
+        first, stop = np.searchsorted(index, low), np.searchsorted(index, high, side="right")
+        block = block.take(index[first:stop] - low, axis=axis)
+        target.insert(0, slice(first, stop))
+    reoriented[tuple(target)] = block
+    return source
+
+
+def _nonzero_bounds(volume: np.ndarray) -> list[tuple[int, int]] | None:
+    """Inclusive ``(first, last)`` index of the non-zero voxels along each axis, None when all are 0."""
+    planes = np.flatnonzero(volume.any(axis=(1, 2)))
+    if planes.size == 0:
+        return None
+    inside = volume[planes[0]:planes[-1] + 1].any(axis=0)
+    rows, columns = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    return [(int(planes[0]), int(planes[-1])), (int(rows[0]), int(rows[-1])), (int(columns[0]), int(columns[-1]))]
 
 
 def world_to_index(points_ras: np.ndarray, affine: np.ndarray) -> np.ndarray:
