@@ -10,6 +10,7 @@ import nrrd
 import numpy as np
 import pytest
 
+from KidneyTumorSegLib import fast_gzip
 from KidneyTumorSegLib.imageio import (
     Image,
     ImageReadError,
@@ -248,6 +249,48 @@ def test_fortran_order_keeps_every_voxel(view: str) -> None:
 def test_a_label_map_larger_than_the_transpose_tiles_reads_back_equal(tmp_path: Path, name: str) -> None:
     labels = np.random.default_rng(2).integers(0, 3, size=(40, 33, 70)).astype(np.uint8)
     np.testing.assert_array_equal(read_image(write_label_map(tmp_path / name, labels, KITS_AFFINE)).array, labels)
+
+
+# ---------------------------------------------------------------- accelerated gzip (python-isal)
+
+
+def test_igzip_reads_what_nibabel_wrote(tmp_path: Path) -> None:
+    pytest.importorskip("isal")
+    assert fast_gzip.available()
+    ct = np.random.default_rng(3).integers(-1024, 2000, size=(30, 41, 52)).astype(np.int16)
+    path = _save_nifti(tmp_path / "ct.nii.gz", ct)
+    np.testing.assert_array_equal(read_image(path).array, np.asarray(nib.load(str(path)).dataobj))
+    two = tmp_path / "ct2.nii.gz"
+    nib.save(nib.Nifti2Image(ct, KITS_AFFINE), str(two))
+    np.testing.assert_array_equal(read_image(two).array, ct)
+
+
+def test_label_maps_written_through_igzip_open_with_python_gzip_and_nibabel(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard gzip: Python's zlib-based gzip and nibabel's own reader open it."""
+    pytest.importorskip("isal")
+
+    def no_plain_save(*args, **kwargs):
+        raise AssertionError("the igzip path should write .nii.gz")
+
+    monkeypatch.setattr(nib, "save", no_plain_save)
+    labels = np.random.default_rng(4).integers(0, 3, size=(40, 33, 70)).astype(np.uint8)
+    path = write_label_map(tmp_path / "labels.nii.gz", labels, KITS_AFFINE)
+    with gzip.open(path) as stream:
+        np.testing.assert_array_equal(np.asarray(nib.Nifti1Image.from_stream(stream).dataobj), labels)
+    assert len(gzip.decompress(path.read_bytes())) == 352 + labels.size  # header, extension flag, voxels
+    loaded = nib.load(str(path))
+    np.testing.assert_array_equal(np.asarray(loaded.dataobj), labels)
+    np.testing.assert_allclose(loaded.affine, KITS_AFFINE, atol=1e-5)
+
+
+def test_without_isal_the_plain_gzip_path_reads_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_gzip, "igzip", None)
+    assert not fast_gzip.available()
+    labels = _labels((20, 30, 40))
+    path = write_label_map(tmp_path / "labels.nii.gz", labels, KITS_AFFINE)
+    assert gzip.decompress(path.read_bytes())
+    np.testing.assert_array_equal(read_image(path).array, labels)
 
 
 def test_written_nifti_has_mm_units_and_both_transforms(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import fast_gzip
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # NRRD spaces -> sign flips that turn their world axes into RAS.
@@ -85,7 +87,15 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = None) -> Image:
 
 
 def _read_nifti(path: Path, dtype: np.dtype | None) -> Image:
-    img = nib.load(str(path))
+    if path.name.lower().endswith(".gz") and fast_gzip.available():
+        image_class = type(nib.load(str(path)))  # NIfTI-1 or -2: nibabel reads the header only
+        with fast_gzip.open_read(path) as stream:
+            return _nifti_image(image_class.from_stream(stream), dtype)
+    return _nifti_image(nib.load(str(path)), dtype)
+
+
+def _nifti_image(img: nib.Nifti1Image, dtype: np.dtype | None) -> Image:
+    """The voxels of ``img`` (read now, from its file or stream) and its affine."""
     proxy = img.dataobj
     slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
     unscaled = slope in (1.0, None) and inter in (0.0, None)
@@ -208,12 +218,21 @@ def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, 
             image.header.set_xyzt_units("mm")
             image.set_qform(affine, code=1)
             image.set_sform(affine, code=1)
-            nib.save(image, str(temporary))
+            _save_nifti(image, temporary)
         elif suffix in NRRD_SUFFIXES:
             _write_nrrd(temporary, array, affine)
         else:
             raise ValueError(f"{path}: unsupported output type (use .nii.gz, .nii or .nrrd)")
     return path
+
+
+def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
+    """``nib.save``, through igzip for a ``.gz`` name when python-isal is installed."""
+    if path.name.lower().endswith(".gz") and fast_gzip.available():
+        with fast_gzip.open_write(path) as stream:
+            image.to_stream(stream)
+    else:
+        nib.save(image, str(path))
 
 
 def _write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
