@@ -188,6 +188,29 @@ def test_refined_box_is_in_working_coordinates_and_ignores_small_components() ->
     assert refined_kidney_box(probability, region) is None
 
 
+def test_refined_box_over_the_extent_of_the_kidneys_equals_one_over_the_whole_region(real_kits_crops) -> None:
+    """The components are found in the box of p >= 0.5 only; on real masks, with stage 1's support
+    over one kidney and small islands around, the box is the one components over the whole region give."""
+    from KidneyTumorSegLib.preprocessing import downsample_max
+    from KidneyTumorSegLib.support import keep_supported, support_in_box
+
+    for name, image in real_kits_crops.items():
+        kidneys = np.asarray(image.dataobj) > 0
+        padded = np.pad(kidneys, 12)
+        start = (5, 9, 13)  # any offset from the frame's origin
+        region = Box(start, tuple(a + n - 1 for a, n in zip(start, padded.shape)))
+        probability = padded.astype(np.float32) * 0.8
+        probability[2, 3, 4] = probability[-3, -2, -5] = 0.9  # islands far from the kidneys
+        whole = np.zeros(tuple(b + 8 for b in region.stop), bool)
+        whole[region.slices] = padded
+        whole[region.slices][:, :, : padded.shape[2] // 2] = False  # support: one kidney
+        support_down = downsample_max(whole, 4)
+        mask = remove_small_components(probability >= 0.5, DEFAULT_SETTINGS.stage1.refine_min_component_voxels)
+        plain = Box.from_mask(keep_supported(mask, support_in_box(support_down, region, 4), 0.5))
+        expected = Box(tuple(a + o for a, o in zip(plain.start, region.start)), tuple(b + o for b, o in zip(plain.stop, region.start)))
+        assert refined_kidney_box(probability, region, support_down=support_down) == expected, name
+
+
 @pytest.mark.parametrize("volume, accepted", [(499, True), (500, False), (501, False)])
 def test_half_size_rule_compares_volumes_strictly(volume: int, accepted: bool) -> None:
     previous = Box((0, 0, 0), (9, 9, 9))  # 1000 voxels

@@ -118,16 +118,21 @@ def refined_kidney_box(kidney_probability: np.ndarray, region: Box, settings: Me
     """Box of the stage-2 kidney prediction over ``region`` (``[z, y, x]`` probabilities) after
     removing components < 1500 voxels, in working-frame coordinates; None when nothing is left.
     ``support_down`` (stage 1's support on the ×4 grid, see support.py) also removes the
-    components that lie mostly outside it."""
-    mask = remove_small_components(kidney_probability >= settings.geometry.probability_threshold,
+    components that lie mostly outside it. The components are found inside the box of
+    ``p >= 0.5`` only: outside it is background, so they are the same."""
+    extent = Box.from_mask(kidney_probability >= settings.geometry.probability_threshold)
+    if extent is None:
+        return None
+    mask = remove_small_components(kidney_probability[extent.slices] >= settings.geometry.probability_threshold,
                                    settings.stage1.refine_min_component_voxels)
+    offset = tuple(r + e for r, e in zip(region.start, extent.start))
     if support_down is not None:
-        support = support_in_box(support_down, region, settings.geometry.downsample_factor)
-        mask = keep_supported(mask, support, settings.stage1.support_min_overlap)
+        inner = Box(offset, tuple(o + n - 1 for o, n in zip(offset, mask.shape)))
+        mask = keep_supported(mask, support_in_box(support_down, inner, settings.geometry.downsample_factor),
+                              settings.stage1.support_min_overlap)
     box = Box.from_mask(mask)
     if box is None:
         return None
-    offset = region.start
     return Box(tuple(a + o for a, o in zip(box.start, offset)), tuple(b + o for b, o in zip(box.stop, offset)))
 
 
