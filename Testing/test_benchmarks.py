@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 MASK = ROOT / "Testing" / "Data" / "kits19" / "case_00015.nii.gz"  # 46 slices of 3 mm
 
@@ -50,3 +52,28 @@ def test_cascade_benchmark_compares_runs_with_and_without_the_uncertainty(tmp_pa
     assert cost["time_ratio"] == round(on["seconds_end_to_end"] / off["seconds_end_to_end"], 3)
     assert cost["peak_rss_ratio"] == round(on["peak_rss_mb"] / off["peak_rss_mb"], 3)
     assert cost["seconds_added"]["uncertainty"] == on["seconds"]["uncertainty"]
+
+
+def test_benchmark_runs_a_git_commits_engine_beside_this_one_and_compares_labels(tmp_path: Path) -> None:
+    """``--baseline HEAD``: the same case through the committed engine (exported by git archive),
+    twice per process (``--repeat``), labels compared voxel by voxel."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cascade_benchmark.py"), "--mask", str(MASK),
+                    "--untrained", "2", "--slices", "16", "--threads", "1", "--crop-from-truth", "--modes", "cascade",
+                    "--baseline", "HEAD", "--repeat", "2", "--conditions", "a test", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert result["baseline"] == {"ref": "HEAD", "commit": head} and result["conditions"] == "a test"
+    runs = result["runs"]
+    assert [(r["code"], r["mode"], r["engine_in_this_checkout"]) for r in runs] == [
+        ("current", "cascade", True), ("baseline", "cascade", False)]
+    for run in runs:
+        assert len(run["seconds_end_to_end_each"]) == 2 and run["seconds_end_to_end"] == run["seconds_end_to_end_each"][-1]
+        fixed = sum(run["seconds"][step] for step in ("read", "prepare", "to_input_grid", "write"))
+        assert abs(run["seconds_fixed"] - fixed) < 0.01
+    [comparison] = result["label_comparisons"]
+    assert comparison["a"]["code"] == "current" and comparison["b"]["code"] == "baseline"
+    assert comparison["equal"] and comparison["voxels_differing"] == 0

@@ -10,15 +10,23 @@ is a phantom CT built on a real KiTS19 mask (``--mask``), optionally padded or c
     python benchmarks/cascade_benchmark.py --mask M --slices 64,300,600 --threads 1,2   # depth and threads
     python benchmarks/cascade_benchmark.py --mask M --layouts channels_last,contiguous  # memory layouts
     python benchmarks/cascade_benchmark.py --mask M --uncertainty on,off                # the uncertainty's cost
+    python benchmarks/cascade_benchmark.py --mask M --baseline main     # today's code beside this one
+    python benchmarks/cascade_benchmark.py --mask M --device cuda,cpu   # the GPU's labels against the CPU's
 
 ``full`` is stage 2 alone over the whole volume, as a method without stage 1 would run it: no
-stage 1, so no support rule either (support.py). With an untrained bundle stage 1 predicts
-nothing useful, so ``--crop-from-truth`` still runs (and times) stage 1 but crops stage 2 like a
-trained stage 1 would: the true kidney box plus the stage-2 margin, without the support rule.
+stage 1, so no support rule either (support.py); ``cascade+compile`` is the cascade through
+``torch.compile``. With an untrained bundle stage 1 predicts nothing useful, so
+``--crop-from-truth`` still runs (and times) stage 1 but crops stage 2 like a trained stage 1
+would: the true kidney box plus the stage-2 margin, without the support rule.
 
 ``--uncertainty on`` (the default) runs as the Slicer module does: the ensemble's uncertainty and
 review score, and the uncertainty map on the input grid written beside the labels; ``off`` writes
 the labels only. With both, ``uncertainty_cost`` holds the ratios of time and peak memory.
+
+``--baseline REF`` also runs every configuration with the engine of git commit ``REF`` (exported
+with ``git archive``, first on the import path of its child processes). Runs that differ only in
+code or device are compared voxel by voxel (``label_comparisons``). ``seconds_fixed`` is what is
+not a network: reading, preparing, going back to the input grid and writing.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +47,9 @@ import numpy as np
 
 LAYOUTS = ("channels_last", "contiguous")
 UNCERTAINTY = ("on", "off")
+MODES = ("cascade", "full", "cascade+compile", "full+compile")
+FIXED_STEPS = ("read", "prepare", "to_input_grid", "write")
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def make_case(mask_path: Path, slices: int | None, folder: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -63,8 +75,28 @@ def make_case(mask_path: Path, slices: int | None, folder: Path, seed: int = 0) 
     return image_path, labels_path
 
 
+def emit_json(result: dict, out: Path | None, quiet: bool = False) -> None:
+    """Print ``result`` as JSON (unless ``quiet``) and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    if not quiet:
+        print(text)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
+def cached_case(mask_path: Path, slices: int | None, folder: Path) -> tuple[Path, Path]:
+    """:func:`make_case` in ``folder/<mask>_<slices>``, reused when it is there already."""
+    case_folder = folder / f"{mask_path.name.split('.')[0]}_{slices or 'all'}"
+    image, labels = case_folder / "imaging.nii.gz", case_folder / "segmentation.nii.gz"
+    if image.is_file() and labels.is_file():
+        return image, labels
+    case_folder.mkdir(parents=True, exist_ok=True)
+    return make_case(mask_path, slices, case_folder)
+
+
 def run_single(args: argparse.Namespace) -> dict:
-    """One configuration in this process: read, prepare, stage 1, stage 2, back to the input grid, write."""
+    """One configuration in this process: read, prepare, stage 1, stage 2, back to the input grid,
+    write; ``args.repeat`` times (a compiled or GPU run is warm from the second on)."""
     import torch
 
     from KidneyTumorSegLib.boxes import Box
@@ -78,117 +110,171 @@ def run_single(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    timings: dict[str, float] = {}
+    mode, compiled = args.mode.split("+")[0], args.mode.endswith("+compile")
     start = time.perf_counter()
     bundle = load_bundle(args.bundle)
-    timings["load_bundle"] = time.perf_counter() - start
+    load_seconds = time.perf_counter() - start
     settings = DEFAULT_SETTINGS
     if args.crop_from_truth:  # untrained stage 1: time its network, not a refinement of a random box or its support
         settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, refine_enabled=False,
                                                                             support_components=False))
-    elif args.mode == "full":  # stage 2 alone, as a method without stage 1 runs it: no support either
+    elif mode == "full":  # stage 2 alone, as a method without stage 1 runs it: no support either
         settings = dataclasses.replace(settings, stage1=dataclasses.replace(settings.stage1, support_components=False))
-    cascade = Cascade(bundle, InferenceOptions(device=args.device, overlap=args.overlap, batch_size=args.batch_size,
-                                               channels_last=args.layout == "channels_last", compile=args.compile,
+    cascade = Cascade(bundle, InferenceOptions(device=args.device, amp=args.amp, overlap=args.overlap, batch_size=args.batch_size,
+                                               channels_last=args.layout == "channels_last", compile=compiled,
                                                uncertainty=args.uncertainty == "on", settings=settings))
     if cascade.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    begin = time.perf_counter()
-    image = read_image(args.image)
-    timings["read"] = time.perf_counter() - begin
-    case = cascade.prepare(image)
-    crop = None
-    stage1_timings: dict[str, float] = {}
-    if args.mode == "full":
-        crop = Box.full(case.frame.shape)
-    elif args.crop_from_truth:
-        from KidneyTumorSegLib.geometry import to_working_frame
-
-        truth = to_working_frame(read_image(args.labels).array, case.frame, order=0, dtype=np.uint8)
-        crop = stage2_crop(Box.from_mask(truth > 0), case.frame.shape)
-        cascade.locate(case)  # timed, result unused
-        stage1_timings = {f"stage1/{k}": v for k, v in cascade.timings.items()}
-    result = cascade.segment(image, crop, case=case)
-    with tempfile.TemporaryDirectory() as folder:
+    each = []
+    for _ in range(args.repeat):
+        timings: dict[str, float] = {}
         begin = time.perf_counter()
-        write_label_map(Path(folder) / "out.nii.gz", result.labels, image.affine)
-        timings["write"] = time.perf_counter() - begin
-        if result.uncertainty is not None:  # as `segment --uncertainty` and the Slicer module write it
-            begin = time.perf_counter()
-            on_input = crop_to_source(result.uncertainty, result.crop_box, case.frame)
-            timings["uncertainty_to_input_grid"] = time.perf_counter() - begin
-            write_image(Path(folder) / "uncertainty.nii.gz", on_input, image.affine)
-            timings["write_uncertainty"] = time.perf_counter() - begin - timings["uncertainty_to_input_grid"]
-            del on_input
-    end_to_end = time.perf_counter() - start - timings["load_bundle"]
-    if cascade.device.type == "cuda":
-        torch.cuda.synchronize()
+        image = read_image(args.image)
+        timings["read"] = time.perf_counter() - begin
+        case = cascade.prepare(image)
+        crop = None
+        stage1_timings: dict[str, float] = {}
+        if mode == "full":
+            crop = Box.full(case.frame.shape)
+        elif args.crop_from_truth:
+            from KidneyTumorSegLib.geometry import to_working_frame
+
+            aside = time.perf_counter()
+            truth = to_working_frame(read_image(args.labels).array, case.frame, order=0, dtype=np.uint8)
+            crop = stage2_crop(Box.from_mask(truth > 0), case.frame.shape)
+            begin += time.perf_counter() - aside  # the true box is not part of a run
+            cascade.locate(case)  # timed, result unused
+            stage1_timings = {f"stage1/{k}": v for k, v in cascade.timings.items()}
+        result = cascade.segment(image, crop, case=case)
+        with tempfile.TemporaryDirectory() as folder:
+            written = time.perf_counter()
+            write_label_map(Path(folder) / "out.nii.gz", result.labels, image.affine)
+            timings["write"] = time.perf_counter() - written
+            if result.uncertainty is not None:  # as `segment --uncertainty` and the Slicer module write it
+                written = time.perf_counter()
+                on_input = crop_to_source(result.uncertainty, result.crop_box, case.frame)
+                timings["uncertainty_to_input_grid"] = time.perf_counter() - written
+                write_image(Path(folder) / "uncertainty.nii.gz", on_input, image.affine)
+                timings["write_uncertainty"] = time.perf_counter() - written - timings["uncertainty_to_input_grid"]
+                del on_input
+        if cascade.device.type == "cuda":
+            torch.cuda.synchronize()
+        each.append(time.perf_counter() - begin)
+        timings = {**timings, **stage1_timings, **result.timings}
+    if args.labels_out is not None:
+        np.save(args.labels_out, np.ascontiguousarray(result.labels))
     truth = np.asarray(read_image(args.labels).array, np.uint8)
     return {
         "mode": args.mode,
         "layout": args.layout,
         "uncertainty": args.uncertainty,
-        "compile": args.compile,
         "device": str(cascade.device),
         "gpu": torch.cuda.get_device_name() if cascade.device.type == "cuda" else None,
+        "amp": str(cascade.amp_dtype).replace("torch.", "") if cascade.amp_dtype is not None else None,
         "threads": torch.get_num_threads(),
         "input_shape": list(image.array.shape),
         "working_shape": list(case.frame.shape),
         "crop_shape": list(result.crop_box.size),
         "models": list(result.models),
-        "seconds_end_to_end": round(end_to_end, 3),
-        "seconds": {k: round(v, 3) for k, v in {**timings, **stage1_timings, **result.timings}.items()},
+        "seconds_end_to_end": round(each[-1], 3),
+        "seconds_end_to_end_each": [round(t, 3) for t in each],
+        "seconds_fixed": round(sum(timings.get(step, 0.0) for step in FIXED_STEPS), 3),
+        "seconds": {"load_bundle": round(load_seconds, 3), **{k: round(v, 3) for k, v in timings.items()}},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cascade.device.type == "cuda" else None,
         "dice": kits_dice(result.labels, truth),
         "review": None if result.review is None else result.review.to_json(),
+        "engine_in_this_checkout": Path(sys.modules[Cascade.__module__].__file__).resolve().is_relative_to(REPOSITORY),
     }
 
 
-def run_child(args: argparse.Namespace, mode: str, threads: str, layout: str, uncertainty: str, image: Path, labels: Path) -> dict:
-    """One configuration in a child process (its own peak RSS and GPU memory): its JSON, or its error."""
-    command = [sys.executable, __file__, "--mode", mode, "--image", str(image), "--labels", str(labels),
-               "--bundle", str(args.bundle), "--device", args.device, "--threads", threads, "--layout", layout,
-               "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), "--uncertainty", uncertainty]
+def run_child(args: argparse.Namespace, config: dict, image: Path, labels: Path, labels_out: Path,
+              baseline: Path | None) -> dict:
+    """One configuration in a child process (its own peak RSS and GPU memory): its JSON, or its error.
+    With ``baseline`` (an exported source tree) the child imports that tree's engine."""
+    command = [sys.executable, __file__, "--mode", config["mode"], "--image", str(image), "--labels", str(labels),
+               "--bundle", str(args.bundle), "--device", config["device"], "--threads", config["threads"],
+               "--layout", config["layout"], "--uncertainty", config["uncertainty"], "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+               "--amp", args.amp, "--repeat", str(args.repeat), "--labels-out", str(labels_out)]
     if args.crop_from_truth:
         command.append("--crop-from-truth")
-    if args.compile:
-        command.append("--compile")
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if baseline is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(baseline / "KidneyTumorSeg"), str(baseline), env.get("PYTHONPATH", "")])
+    load = os.getloadavg()[0]
+    described = {**config, "load_average_before": round(load, 2)}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**described, "error": [f"stopped after {args.timeout:.0f} s"]}
     if done.returncode != 0:
-        return {"mode": mode, "threads": threads, "layout": layout, "uncertainty": uncertainty,
-                "error": done.stderr.strip().splitlines()[-1:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return {**described, "error": done.stderr.strip().splitlines()[-1:]}
+    return {**described, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def export_baseline(ref: str, folder: Path) -> tuple[Path, str]:
+    """The source tree of git commit ``ref`` of this repository, exported under ``folder``; and its hash."""
+    commit = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(REPOSITORY), "archive", commit], capture_output=True, check=True).stdout
+    tree = folder / "baseline"
+    tree.mkdir()
+    archive_path = folder / "baseline.tar"
+    archive_path.write_bytes(archive)
+    with tarfile.open(archive_path) as tar:
+        tar.extractall(tree)
+    return tree, commit
 
 
 def speedups(runs: list[dict]) -> list[dict]:
-    """End-to-end seconds of ``full`` over ``cascade`` for each depth, thread count and layout that
-    has both (with the uncertainty on, else off)."""
-    chosen = "on" if any(r.get("uncertainty") == "on" for r in runs) else "off"
-    timed = {(r["slices"], r["threads"], r["layout"], r["mode"]): r["seconds_end_to_end"]
-             for r in runs if "error" not in r and r["uncertainty"] == chosen}
-    return [{"slices": depth, "threads": threads, "layout": layout,
-             "speedup": round(timed[(depth, threads, layout, "full")] / seconds, 2)}
-            for (depth, threads, layout, mode), seconds in timed.items()
-            if mode == "cascade" and (depth, threads, layout, "full") in timed]
+    """End-to-end seconds of ``full`` over ``cascade`` for each configuration that has both."""
+    def key(run: dict, mode: str) -> tuple:
+        return run["slices"], run["threads"], run["layout"], run["uncertainty"], run["device"], run["code"], mode
+
+    timed = {key(r, r["mode"]): r["seconds_end_to_end"] for r in runs if "error" not in r}
+    return [{"slices": k[0], "threads": k[1], "layout": k[2], "uncertainty": k[3], "device": k[4], "code": k[5], "mode": k[6],
+             "speedup": round(timed[(*k[:6], k[6].replace("cascade", "full"))] / seconds, 2)}
+            for k, seconds in timed.items() if k[6].startswith("cascade") and (*k[:6], k[6].replace("cascade", "full")) in timed]
 
 
 def uncertainty_costs(runs: list[dict]) -> list[dict]:
     """Time and peak memory with the uncertainty over without, for each configuration run both ways."""
-    by_setting = {(r["slices"], r["threads"], r["layout"], r["mode"], r["uncertainty"]): r for r in runs if "error" not in r}
+    def key(run: dict) -> tuple:
+        return run["slices"], run["threads"], run["layout"], run["mode"], run["device"], run["code"]
+
+    off_runs = {key(r): r for r in runs if "error" not in r and r["uncertainty"] == "off"}
     costs = []
-    for (depth, threads, layout, mode, setting), on in by_setting.items():
-        off = by_setting.get((depth, threads, layout, mode, "off"))
-        if setting != "on" or off is None:
-            continue
-        cost = {"slices": depth, "threads": threads, "layout": layout, "mode": mode,
+    for on in (r for r in runs if "error" not in r and r["uncertainty"] == "on" and key(r) in off_runs):
+        off = off_runs[key(on)]
+        cost = {"slices": on["slices"], "threads": on["threads"], "layout": on["layout"], "mode": on["mode"],
+                "device": on["device"], "code": on["code"],
                 "time_ratio": round(on["seconds_end_to_end"] / off["seconds_end_to_end"], 3),
                 "peak_rss_ratio": round(on["peak_rss_mb"] / off["peak_rss_mb"], 3),
-                "seconds_added": {key: on["seconds"].get(key) for key in ("uncertainty", "uncertainty_to_input_grid", "write_uncertainty")}}
+                "seconds_added": {step: on["seconds"].get(step) for step in ("uncertainty", "uncertainty_to_input_grid", "write_uncertainty")}}
         if on["peak_gpu_mb"] and off["peak_gpu_mb"]:
             cost["peak_gpu_ratio"] = round(on["peak_gpu_mb"] / off["peak_gpu_mb"], 3)
         costs.append(cost)
     return costs
+
+
+def label_comparisons(runs: list[dict], labels: list[Path]) -> list[dict]:
+    """Runs of one depth, mode, layout and thread count that differ in code or device, each against the first."""
+    groups: dict[tuple, list[int]] = {}
+    for index, run in enumerate(runs):
+        if "error" not in run:
+            groups.setdefault((run["slices"], run["mode"], run["layout"], run["uncertainty"], run["threads"]), []).append(index)
+    comparisons = []
+    for members in groups.values():
+        reference = np.load(labels[members[0]])
+        for index in members[1:]:
+            other = np.load(labels[index])
+            differing = int(np.count_nonzero(other != reference)) if other.shape == reference.shape else -1
+            comparisons.append({"slices": runs[index]["slices"], "mode": runs[index]["mode"], "layout": runs[index]["layout"],
+                                "uncertainty": runs[index]["uncertainty"], "threads": runs[index]["threads"],
+                                "a": {"code": runs[members[0]]["code"], "device": runs[members[0]]["device"]},
+                                "b": {"code": runs[index]["code"], "device": runs[index]["device"]},
+                                "equal": differing == 0, "voxels_differing": differing})
+    return comparisons
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,28 +286,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated slice counts to scale over: the slice axis is padded / cut to each")
     parser.add_argument("--bundle", type=Path, default=None)
     parser.add_argument("--untrained", default=None, help="build an untrained bundle of this width ('paper' = network defaults)")
-    parser.add_argument("--modes", default="cascade,full", help="cascade and/or full (stage 2 over the whole volume)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", default="cascade,full", help=f"comma-separated, of: {', '.join(MODES)}")
+    parser.add_argument("--device", default="cpu", help="comma-separated devices (cpu, cuda): the same runs on each")
+    parser.add_argument("--amp", default=InferenceOptions.amp, help="autocast on the GPU: auto (bf16 where supported), bf16, fp16, none")
     parser.add_argument("--threads", default="0", help="comma-separated torch thread counts to scale over (0 = default)")
     parser.add_argument("--overlap", type=float, default=InferenceOptions.overlap)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop-from-truth", action="store_true")
     parser.add_argument("--layouts", default="channels_last",
                         help="comma-separated memory layouts of the networks: channels_last (default) and/or contiguous")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every network")
     parser.add_argument("--uncertainty", default="on",
                         help="comma-separated: on (the ensemble's uncertainty, review score and map on the input grid, "
                              "as the Slicer module runs) and/or off (labels only)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--repeat", type=int, default=1, help="segmentations per process; the last one is reported")
+    parser.add_argument("--baseline", default=None, help="git commit whose engine also runs every configuration (e.g. main)")
+    parser.add_argument("--case-dir", type=Path, default=None, help="keep the phantom cases here and reuse them")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a configuration may take; then it is an error")
+    parser.add_argument("--conditions", default="", help="how the machine was loaded, recorded as given")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every configuration)")
     # internal: one configuration in a child process
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--layout", default="channels_last", choices=LAYOUTS, help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--labels", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--labels-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    layouts = args.layouts.split(",")
+    layouts, modes = args.layouts.split(","), args.modes.split(",")
     if set(layouts) - set(LAYOUTS):
         parser.error(f"--layouts must name {' and/or '.join(LAYOUTS)}, got {args.layouts}")
+    if set(modes) - set(MODES):
+        parser.error(f"--modes must name some of {', '.join(MODES)}, got {args.modes}")
     settings = args.uncertainty.split(",")
     if set(settings) - set(UNCERTAINTY):
         parser.error(f"--uncertainty must name {' and/or '.join(UNCERTAINTY)}, got {args.uncertainty}")
@@ -236,25 +330,33 @@ def main(argv: list[str] | None = None) -> int:
 
             width = None if args.untrained == "paper" else int(args.untrained)
             args.bundle = make_untrained_bundle(folder / "bundle", base_channels=width)
+        codes = {"current": None}
+        baseline_commit = None
+        if args.baseline is not None:
+            codes["baseline"], baseline_commit = export_baseline(args.baseline, folder)
         depths = [None] if args.slices is None else [int(n) for n in args.slices.split(",")]
-        runs = []
+        header = {"machine": platform.node(), "cpu_count": os.cpu_count(), "conditions": args.conditions,
+                  "mask": str(args.mask),
+                  "bundle": f"untrained (width {args.untrained}, temporary)" if args.untrained is not None else str(args.bundle),
+                  "baseline": None if args.baseline is None else {"ref": args.baseline, "commit": baseline_commit},
+                  "overlap": args.overlap, "batch_size": args.batch_size, "amp": args.amp, "repeat": args.repeat}
+        runs, labels = [], []
         for depth in depths:
-            case_folder = folder / f"case_{depth}"
-            case_folder.mkdir()
-            image, labels = make_case(args.mask, depth, case_folder)
+            image, truth = cached_case(args.mask, depth, args.case_dir or folder)
             for threads in args.threads.split(","):
                 for layout in layouts:
-                    for mode in args.modes.split(","):
-                        for setting in settings:
-                            runs.append({"slices": depth, **run_child(args, mode, threads, layout, setting, image, labels)})
-        bundle = f"untrained (width {args.untrained}, temporary)" if args.untrained is not None else str(args.bundle)
-        result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "mask": str(args.mask), "bundle": bundle,
-                  "overlap": args.overlap, "batch_size": args.batch_size, "compile": args.compile, "runs": runs,
-                  "speedup_cascade_vs_full": speedups(runs), "uncertainty_cost": uncertainty_costs(runs)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+                    for device in args.device.split(","):
+                        for mode in modes:
+                            for setting in settings:
+                                for code, tree in codes.items():
+                                    labels.append(folder / f"labels_{len(labels)}.npy")
+                                    config = {"slices": depth, "code": code, "mode": mode, "device": device, "threads": threads,
+                                              "layout": layout, "uncertainty": setting}
+                                    runs.append(run_child(args, config, image, truth, labels[-1], tree))
+                                    emit_json({**header, "complete": False, "runs": runs}, args.out, quiet=True)
+        result = {**header, "complete": True, "runs": runs, "speedup_cascade_vs_full": speedups(runs),
+                  "uncertainty_cost": uncertainty_costs(runs), "label_comparisons": label_comparisons(runs, labels)}
+    emit_json(result, args.out)
     return 0
 
 
