@@ -56,24 +56,24 @@ def test_cascade_benchmark_compares_runs_with_and_without_the_uncertainty(tmp_pa
 
 def test_benchmark_runs_a_git_commits_engine_beside_this_one_and_compares_labels(tmp_path: Path) -> None:
     """``--baseline HEAD``: the same case through the committed engine (exported by git archive),
-    twice per process (``--repeat``), labels compared voxel by voxel."""
+    twice per process (``--repeat``), two processes each (``--trials``), labels compared voxel by voxel."""
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cascade_benchmark.py"), "--mask", str(MASK),
                     "--untrained", "2", "--slices", "16", "--threads", "1", "--crop-from-truth", "--modes", "cascade",
-                    "--baseline", "HEAD", "--repeat", "2", "--conditions", "a test", "--out", str(out)],
+                    "--baseline", "HEAD", "--repeat", "2", "--trials", "2", "--conditions", "a test", "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(out.read_text())
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert result["baseline"] == {"ref": "HEAD", "commit": head} and result["conditions"] == "a test"
     runs = result["runs"]
-    assert [(r["code"], r["mode"], r["engine_in_this_checkout"]) for r in runs] == [
-        ("current", "cascade", True), ("baseline", "cascade", False)]
+    assert [(r["code"], r["trial"], r["engine_in_this_checkout"]) for r in runs] == [
+        ("current", 0, True), ("current", 1, True), ("baseline", 0, False), ("baseline", 1, False)]
     for run in runs:
         assert len(run["seconds_end_to_end_each"]) == 2 and run["seconds_end_to_end"] == run["seconds_end_to_end_each"][-1]
         fixed = sum(run["seconds"][step] for step in ("read", "prepare", "to_input_grid", "write"))
-        assert abs(run["seconds_fixed"] - fixed) < 0.01
+        assert abs(run["seconds_fixed"] - fixed) < 0.01 and run["cpu_seconds"] > 0
     [comparison] = result["label_comparisons"]
     assert comparison["a"]["code"] == "current" and comparison["b"]["code"] == "baseline"
     assert comparison["equal"] and comparison["voxels_differing"] == 0
