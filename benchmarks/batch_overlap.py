@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                    for p in paths)
     sequential = runs["one_after_another"]
     result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "conditions": args.conditions, "device": str(cascade.device),
-              "threads": torch.get_num_threads(), "mask": str(args.mask), "slices": args.slices, "cases": args.cases,
+              "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "mask": str(args.mask), "slices": args.slices, "cases": args.cases,
               "bundle": None if args.untrained else str(args.bundle), "untrained": args.untrained, "runs": runs,
               "same_labels": same, "saved_seconds": round(sequential["seconds_total"] - runs["overlapped"]["seconds_total"], 3),
               "at_most_hidden_seconds": round(sequential["read"] + sequential["write"], 3)}

@@ -173,6 +173,7 @@ def run_single(args: argparse.Namespace) -> dict:
         "gpu": torch.cuda.get_device_name() if cascade.device.type == "cuda" else None,
         "amp": str(cascade.amp_dtype).replace("torch.", "") if cascade.amp_dtype is not None else None,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "input_shape": list(image.array.shape),
         "working_shape": list(case.frame.shape),
         "crop_shape": list(result.crop_box.size),
