@@ -49,7 +49,6 @@ def crop_to_source(values: np.ndarray, crop: Box, frame: WorkingFrame, slab: int
     axes = [int(np.argmax(np.abs(mapping[:3, a]))) for a in range(3)]  # the block axis each input axis reads
     scale = [float(mapping[w, a]) for a, w in enumerate(axes)]
     offset = [float(mapping[w, 3]) for w in axes]
-    source = torch.from_numpy(block)
     planes = output.T[target.slices[::-1]]  # [k, j, i] of the target box, C-contiguous rows
     for first in range(0, target.size[2], slab):
         count = min(slab, target.size[2] - first)
@@ -59,10 +58,11 @@ def crop_to_source(values: np.ndarray, crop: Box, frame: WorkingFrame, slab: int
         last = block.shape[axes[2]] - 1
         low = min(max(0, int(np.floor(min(ends)))), last)
         high = max(min(last, int(np.ceil(max(ends)))), low)
-        part = source.narrow(axes[2], low, high - low + 1)
+        part = block[tuple(slice(low, high + 1) if axis == axes[2] else slice(None) for axis in range(3))]
         per_axis = AxisMap((axes[2], axes[1], axes[0]), (scale[2], scale[1], scale[0]),
                            (offset[2] + scale[2] * first - low, offset[1], offset[0]))
-        planes[first:first + count] = _separable(part, per_axis, (count, target.size[1], target.size[0]), order=1).numpy()
+        planes[first:first + count] = _separable(part, per_axis, (count, target.size[1], target.size[0]), order=1,
+                                                   device=torch.device("cpu")).numpy()
     return output
 
 
