@@ -67,6 +67,7 @@ def test_benchmark_runs_a_git_commits_engine_beside_this_one_and_compares_labels
     result = json.loads(out.read_text())
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert result["baseline"] == {"ref": "HEAD", "commit": head} and result["conditions"] == "a test"
+    assert result["current"]["commit"] == head and result["mask"] == "Testing/Data/kits19/case_00015.nii.gz"
     runs = result["runs"]
     assert [(r["code"], r["trial"], r["engine_in_this_checkout"]) for r in runs] == [
         ("current", 0, True), ("current", 1, True), ("baseline", 0, False), ("baseline", 1, False)]

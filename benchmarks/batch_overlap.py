@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cascade_benchmark import cached_case, emit_json  # noqa: E402
+from cascade_benchmark import cached_case, emit_json, shown_path  # noqa: E402
 
 
 def one_after_another(paths: list[Path], segment: Callable, read: Callable, write: Callable) -> dict:
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                    for p in paths)
     sequential = runs["one_after_another"]
     result = {"machine": platform.node(), "cpu_count": os.cpu_count(), "conditions": args.conditions, "device": str(cascade.device),
-              "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "mask": str(args.mask), "slices": args.slices, "cases": args.cases,
-              "bundle": None if args.untrained else str(args.bundle), "untrained": args.untrained, "runs": runs,
+              "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "mask": shown_path(args.mask), "slices": args.slices, "cases": args.cases,
+              "bundle": None if args.untrained else shown_path(args.bundle), "untrained": args.untrained, "runs": runs,
               "same_labels": same, "saved_seconds": round(sequential["seconds_total"] - runs["overlapped"]["seconds_total"], 3),
               "at_most_hidden_seconds": round(sequential["read"] + sequential["write"], 3)}
     emit_json(result, args.out)

@@ -76,6 +76,15 @@ def make_case(mask_path: Path, slices: int | None, folder: Path, seed: int = 0) 
     return image_path, labels_path
 
 
+def shown_path(path: Path | None) -> str | None:
+    """``path`` as a result file records it: relative to the repository when inside it, else its name
+    (no machine paths in shared results)."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPOSITORY)) if resolved.is_relative_to(REPOSITORY) else resolved.name
+
+
 def emit_json(result: dict, out: Path | None, quiet: bool = False) -> None:
     """Print ``result`` as JSON (unless ``quiet``) and write it to ``out`` when given."""
     text = json.dumps(result, indent=2)
@@ -229,6 +238,17 @@ def export_baseline(ref: str, folder: Path) -> tuple[Path, str]:
     return tree, commit
 
 
+def checkout_state() -> dict | None:
+    """The commit this checkout is at and whether its tracked files differ from it (None outside git)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run(["git", "-C", str(REPOSITORY), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit.stdout.strip(), "uncommitted_changes": bool(changed.stdout.strip())}
+
+
 def speedups(runs: list[dict]) -> list[dict]:
     """End-to-end seconds of ``full`` over ``cascade`` (fastest trials) for each configuration that has both."""
     best = fastest(runs)
@@ -349,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             codes["baseline"], baseline_commit = export_baseline(args.baseline, folder)
         depths = [None] if args.slices is None else [int(n) for n in args.slices.split(",")]
         header = {"machine": platform.node(), "cpu_count": os.cpu_count(), "conditions": args.conditions,
-                  "mask": str(args.mask),
-                  "bundle": f"untrained (width {args.untrained}, temporary)" if args.untrained is not None else str(args.bundle),
+                  "mask": shown_path(args.mask),
+                  "bundle": f"untrained (width {args.untrained}, temporary)" if args.untrained is not None else shown_path(args.bundle),
+                  "current": checkout_state(),
                   "baseline": None if args.baseline is None else {"ref": args.baseline, "commit": baseline_commit},
                   "overlap": args.overlap, "batch_size": args.batch_size, "amp": args.amp, "repeat": args.repeat,
                   "trials": args.trials}

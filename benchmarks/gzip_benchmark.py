@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cascade_benchmark import cached_case, emit_json  # noqa: E402
+from cascade_benchmark import cached_case, emit_json, shown_path  # noqa: E402
 
 
 def best_seconds(run: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         image_path, labels_path = cached_case(args.mask, args.slices, args.case_dir or Path(folder))
         result = measure(image_path, labels_path, args.repeat)
     emit_json({"machine": platform.node(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-               "conditions": args.conditions, "nibabel": nib.__version__, "mask": str(args.mask), "slices": args.slices,
+               "conditions": args.conditions, "nibabel": nib.__version__, "mask": shown_path(args.mask), "slices": args.slices,
                "repeat": args.repeat, **result}, args.out)
     return 0
 

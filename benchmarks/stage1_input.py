@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cascade_benchmark import cached_case, emit_json  # noqa: E402
+from cascade_benchmark import cached_case, emit_json, shown_path  # noqa: E402
 
 
 def stage1_view(cascade, down: np.ndarray, shape: tuple[int, int, int]) -> dict:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     difference = np.abs(cheaper - rule)
     views = {name: stage1_view(cascade, down, case.frame.shape) for name, down in (("rule", rule), ("cheaper", cheaper))}
     result = {
-        "mask": str(args.mask), "slices": args.slices, "bundle": str(args.bundle), "working_shape": list(case.frame.shape),
+        "mask": shown_path(args.mask), "slices": args.slices, "bundle": shown_path(args.bundle), "working_shape": list(case.frame.shape),
         "x4_voxels": int(rule.size),
         "x4_blocks_with_a_clipped_voxel": round(float(clipped.mean()), 4),
         "cheaper_input_differs_in": round(float((difference > 0).mean()), 4),
