@@ -19,8 +19,9 @@ name) are never trained on. Steps, each in its own process with its own time cap
 fails or runs out of time is recorded in ``session.json`` and the next one runs:
 
 1. ``benchmark_600.json``: cascade_benchmark.py at 600 slices with paper-size untrained
-   networks, the cascade and ``--box full`` (stage 2 over the whole volume), bf16: seconds per
-   stage and per model, peak GPU memory.
+   networks, the cascade and ``--box full`` (stage 2 over the whole volume), bf16, labels only
+   and with the uncertainty map (as the Slicer module runs): seconds per stage and per model,
+   peak GPU memory.
 2. ``batch_overlap.json``: whether reading the next case and writing the last one while the GPU
    works on the current one pays (batch_overlap.py).
 3. ``benchmark_600_compile.json``: the cascade through ``torch.compile``, twice in one process
@@ -89,7 +90,8 @@ class Session:
         """``command`` with its output in ``<name>.log``, stopped with every process it started after
         ``cap_s`` (or what is left of the session)."""
         limit = min(cap_s, self.left())
-        step = {"step": name, "command": " ".join(command[1:]), "cap_s": round(limit)}
+        shown = " ".join(command[1:]).replace(f"{REPOSITORY}{os.sep}", "").replace(str(self.out), "<work>")  # no machine paths
+        step = {"step": name, "command": shown, "cap_s": round(limit)}
         if limit < 10:
             self.steps.append({**step, "status": "skipped: no time left"})
             return False
@@ -120,12 +122,13 @@ def benchmark(out_json: Path, mask: Path, slices: int, untrained: str, modes: st
 
 
 def build_cache(masks: list[Path], cache: Path, workers: int) -> list[str]:
-    """The command that caches a training phantom of each mask (training_tools.demo_bundle.cache_phantom)."""
+    """The command that caches a training phantom of each mask (training_tools.demo_bundle.cache_phantom),
+    drawn by the phantom generator's default style (the newest)."""
     code = ("import sys; from pathlib import Path; from training_tools.cache import run_parallel; "
-            "from training_tools.demo_bundle import cache_phantom; "
+            "from training_tools.demo_bundle import cache_phantom; from training_tools.phantom_style import DEFAULT_STYLE; "
             "masks, cache, workers = [Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), int(sys.argv[2]); "
             "cache.mkdir(parents=True, exist_ok=True); "
-            "errors = [e for _, e in run_parallel(cache_phantom, [(m, cache, 0) for m in masks], workers, 'phantoms', False) if e]; "
+            "errors = [e for _, e in run_parallel(cache_phantom, [(m, cache, 0, DEFAULT_STYLE, 0) for m in masks], workers, 'phantoms', False) if e]; "
             "print(errors); sys.exit(1 if len(errors) == len(masks) else 0)")
     return [sys.executable, "-c", code, str(cache), str(workers), *map(str, masks)]
 
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         train_extra = ["--set", "iterations=2", "--set", "val_interval=1000", "--set", "checkpoint_interval=1"]
     else:
         device, slices, untrained, widths = "cuda", 600, "paper", TRAINING_WIDTHS
-        caps = {"benchmark": 150, "labels": 60, "compile": 150, "overlap": 100}
+        caps = {"benchmark": 200, "labels": 60, "compile": 120, "overlap": 100}
         tiny, train_extra = [], []
     plan = {"device": device, "widths": widths, "projected_bundle_mb": round(projected_bundle_mb(widths), 2),
             "bundle_limit_mb": BUNDLE_LIMIT_MB, "benchmark_mask": bench_mask.name, "small_mask": small_mask.name,
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     session.save(plan=plan)
     out = args.work
     session.run("benchmark_600", benchmark(out / "benchmark_600.json", bench_mask, slices, untrained, "cascade,full",
-                                           device, "bf16", ["--batch-size", "8", *tiny]), caps["benchmark"])
+                                           device, "bf16", ["--batch-size", "8", "--uncertainty", "off,on", *tiny]),
+                caps["benchmark"])
     session.run("batch_overlap", [sys.executable, str(HERE / "batch_overlap.py"), "--mask", str(bench_mask), "--slices", str(slices),
                                   "--untrained", untrained, "--device", device, "--cases", "2", "--case-dir", str(out / "cases"), "--out", str(out / "batch_overlap.json"),
                                   *tiny], caps["overlap"])
