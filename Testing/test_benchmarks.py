@@ -2,6 +2,7 @@
 depths, per-model seconds, peak memory and the speed-up of the cascade over ``--box full``."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -78,3 +79,33 @@ def test_benchmark_runs_a_git_commits_engine_beside_this_one_and_compares_labels
     [comparison] = result["label_comparisons"]
     assert comparison["a"]["code"] == "current" and comparison["b"]["code"] == "baseline"
     assert comparison["equal"] and comparison["voxels_differing"] == 0
+
+
+def _gpu_session():
+    """benchmarks/gpu_session.py as a module (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("gpu_session", ROOT / "benchmarks" / "gpu_session.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_session_caches_training_phantoms_with_the_current_generator(tmp_path: Path) -> None:
+    """The session's phantom step (run beside the label checks, so the dry run alone does not show
+    a failure) caches a complete case of the generator's default style for a real mask."""
+    from training_tools.cache import is_complete
+    from training_tools.phantom_style import DEFAULT_STYLE
+    from training_tools.phantoms import case_name
+
+    gpu_session = _gpu_session()
+    cache = tmp_path / "cache"
+    subprocess.run(gpu_session.build_cache([MASK], cache, 1), cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    case = cache / case_name(MASK)
+    assert is_complete(case)
+    assert json.loads((case / "meta.json").read_text())["source"]["style"] == DEFAULT_STYLE
+
+
+def test_gpu_session_widths_keep_the_bundle_under_its_limit() -> None:
+    gpu_session = _gpu_session()
+    size = gpu_session.projected_bundle_mb(gpu_session.TRAINING_WIDTHS)
+    assert size <= gpu_session.BUNDLE_LIMIT_MB
+    assert size > gpu_session.projected_bundle_mb({})  # the wider models add weights

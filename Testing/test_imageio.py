@@ -285,10 +285,14 @@ def test_label_maps_written_through_igzip_open_with_python_gzip_and_nibabel(tmp_
 
 
 def test_without_isal_the_plain_gzip_path_reads_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the fast-gzip extra, nibabel's own zlib path writes and reads (the same files)."""
     monkeypatch.setattr(fast_gzip, "igzip", None)
     assert not fast_gzip.available()
+    saved, plain_save = [], nib.save
+    monkeypatch.setattr(nib, "save", lambda image, name: saved.append(name) or plain_save(image, name))
     labels = _labels((20, 30, 40))
     path = write_label_map(tmp_path / "labels.nii.gz", labels, KITS_AFFINE)
+    assert len(saved) == 1 and str(saved[0]).endswith(".nii.gz")  # nibabel wrote it, under the temporary name
     assert gzip.decompress(path.read_bytes())
     np.testing.assert_array_equal(read_image(path).array, labels)
 

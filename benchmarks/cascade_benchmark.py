@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import itertools
 import json
 import os
@@ -102,6 +103,15 @@ def cached_case(mask_path: Path, slices: int | None, folder: Path) -> tuple[Path
         return image, labels
     case_folder.mkdir(parents=True, exist_ok=True)
     return make_case(mask_path, slices, case_folder)
+
+
+def peak_rss_mb() -> float | None:
+    """This process's own peak RSS in MB, through this checkout's ``peak_memory`` whichever engine
+    a run imports (a baseline's may count the peak of the process that started it)."""
+    spec = importlib.util.spec_from_file_location("peak_memory", REPOSITORY / "KidneyTumorSeg" / "KidneyTumorSegLib" / "peak_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.peak_rss_mb()
 
 
 def run_single(args: argparse.Namespace) -> dict:
@@ -192,7 +202,7 @@ def run_single(args: argparse.Namespace) -> dict:
         "seconds_fixed": round(sum(timings.get(step, 0.0) for step in FIXED_STEPS), 3),
         "seconds": {"load_bundle": round(load_seconds, 3), **{k: round(v, 3) for k, v in timings.items()}},
         "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),  # user + system: starved runs show
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cascade.device.type == "cuda" else None,
         "dice": kits_dice(result.labels, truth),
         "review": None if result.review is None else result.review.to_json(),
