@@ -65,6 +65,18 @@ def _body_crop(image: np.ndarray) -> tuple[slice, slice]:
     )
 
 
+def _save(fig, png: str | Path) -> Path:
+    """Write a preview figure as a PNG on black (its folder made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=72, facecolor="black")
+    plt.close(fig)
+    return png
+
+
 def save_phantom_preview(case_dirs: Sequence[str | Path], png: str | Path) -> Path:
     """Draw one row per case: axial phantom, axial mask, coronal phantom, coronal mask (through
     the tumor's median voxel). Radiological view: patient-left on the right, anterior / superior up."""
@@ -90,12 +102,7 @@ def save_phantom_preview(case_dirs: Sequence[str | Path], png: str | Path) -> Pa
             row[2 * k + 1].set_title(f"KiTS19 mask, {view}: kidney, tumor", fontsize=10, color="white")
         for ax in row:
             ax.set_axis_off()
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=72, facecolor="black")
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 REAL_KIDNEY_CLASSES = (2, 3)  # TotalSegmentator "total": right and left kidney
@@ -132,12 +139,7 @@ def save_comparison(real_ct: Path, real_labels: Path, case_dirs: Sequence[str | 
         z, y, _ = _tumor_centre(labels)
         _panel(axes[0, k], hu[z], labels[z], spacing[1] / spacing[2], f"{name}, {spacing[0]:g} mm")
         _panel(axes[1, k], hu[:, y, :], labels[:, y, :], spacing[0] / spacing[2], "coronal")
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=72, facecolor="black")
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
