@@ -199,6 +199,40 @@ def test_cli_writes_kits_layout_from_both_mask_layouts(tmp_path):
     _assert_same_geometry(SMALL, tmp_path / "a" / "case_00015")
 
 
+def _assert_labels_where_the_mask_has_them(mask: nib.Nifti1Image, case_dir: Path) -> np.ndarray:
+    """Every voxel of the case's segmentation maps (through both affines) onto a mask voxel of the
+    same label; returns the segmentation."""
+    segmentation = nib.load(str(case_dir / "segmentation.nii.gz"))
+    labels = np.asarray(segmentation.dataobj)
+    assert nib.load(str(case_dir / "imaging.nii.gz")).shape == labels.shape
+    to_mask = np.linalg.inv(mask.affine) @ segmentation.affine
+    ijk = np.argwhere(np.ones(labels.shape, bool))
+    source = np.rint(ijk @ to_mask[:3, :3].T + to_mask[:3, 3]).astype(int)
+    inside = np.all((source >= 0) & (source < mask.shape), axis=1)
+    expected = np.zeros(len(ijk), np.uint8)
+    expected[inside] = np.asarray(mask.dataobj)[tuple(source[inside].T)]
+    assert np.array_equal(labels[tuple(ijk.T)], expected)
+    return labels
+
+
+def test_a_short_field_of_view_keeps_a_few_centimetres_through_the_kidneys_where_the_mask_has_them(tmp_path):
+    img = nib.load(str(SMALL))
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    flip[:3, 3] = [0, img.shape[1] - 1, img.shape[2] - 1]
+    flipped = nib.Nifti1Image(np.asarray(img.dataobj)[:, ::-1, ::-1], img.affine @ flip, img.header.copy())
+    (tmp_path / "in").mkdir()
+    nib.save(flipped, str(tmp_path / "in" / "case_00015.nii.gz"))
+    for seed in (3, 4):
+        out = tmp_path / f"short{seed}"
+        args = ["phantoms", "--masks", str(tmp_path / "in"), "--out", str(out), "--seed", str(seed), "--field-of-view", "short"]
+        assert cli.main(args) == 0
+        labels = _assert_labels_where_the_mask_has_them(flipped, out / "case_00015")
+        slice_mm = float(nib.load(str(out / "case_00015" / "segmentation.nii.gz")).header.get_zooms()[0])
+        assert nib.aff2axcodes(nib.load(str(out / "case_00015" / "imaging.nii.gz")).affine) == ("I", "P", "L")
+        assert 45.0 - slice_mm <= labels.shape[0] * slice_mm <= 150.0 + slice_mm
+        assert (labels == 1).sum() > 1000
+
+
 def test_cli_refuses_to_overwrite_unless_asked(tmp_path, caplog):
     files, _ = _mask_folders(tmp_path)
     out = tmp_path / "out"

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from training_tools.cli_training import add_training_commands
 from training_tools.phantom_style import DEFAULT_STYLE, STYLES
+from training_tools.phantom_fov import FIELDS_OF_VIEW
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ def _add_phantoms(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
                         help=f"generator style (default {DEFAULT_STYLE}: appearance drawn well beyond real CT; "
                         "v1: the first generator's KiTS19-like look)")
+    parser.add_argument("--field-of-view", default="mask", choices=FIELDS_OF_VIEW,
+                        help="mask (default): the mask's own grid; drawn: a training phantom's field of view "
+                        "(more body, a window that may cut, miss or be short); short: always a 45-150 mm window "
+                        "through the kidneys, as a scan of a few centimetres")
     parser.set_defaults(run=_cmd_phantoms)
 
 
@@ -49,7 +54,8 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         names = ", ".join(case_name(m) for m in existing[:5])
         logger.error("%d case folder(s) exist in %s (%s ...); use --overwrite", len(existing), args.out, names)
         return 1
-    make_phantoms(masks, args.out, seed=args.seed, progress=True, style=style_named(args.style))
+    make_phantoms(masks, args.out, seed=args.seed, progress=True, style=style_named(args.style),
+                  field_of_view=args.field_of_view)
     logger.info("wrote %d phantom case(s) to %s", len(masks), args.out)
     return 0
 

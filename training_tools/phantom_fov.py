@@ -15,6 +15,7 @@ import numpy as np
 from training_tools.phantom_style import PhantomStyle
 
 MIN_SLICES = 8  # the shortest window kept
+FIELDS_OF_VIEW = ("mask", "drawn", "short")  # what a held-out phantom case holds (phantoms.make_phantom_case)
 
 
 @dataclass(frozen=True)

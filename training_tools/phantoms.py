@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,7 +23,7 @@ import numpy as np
 from training_tools.phantom_acquisition import Acquisition, acquire, draw_acquisition
 from training_tools.phantom_anatomy import Anatomy, paint_anatomy
 from training_tools.phantom_fields import smooth_noise, upsample_box
-from training_tools.phantom_fov import FieldOfView, draw_field_of_view
+from training_tools.phantom_fov import FIELDS_OF_VIEW, FieldOfView, draw_field_of_view
 from training_tools.phantom_kidney import KidneyLook, draw_kidney_look, render_kidneys
 from training_tools.phantom_layout import kidney_layout
 from training_tools.phantom_phases import Appearance, draw_appearance
@@ -208,35 +208,61 @@ def _to_ipl(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray, tuple[float, 
     return labels, back, spacing
 
 
+def _windowed_phantom(img: nib.Nifti1Image, labels_ipl: np.ndarray, spacing: tuple[float, float, float],
+                      rng: np.random.Generator, style: PhantomStyle | None, short: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A phantom of ``labels_ipl`` ``[z, y, x]`` (I, P, L) with a drawn field of view (always a short
+    window when ``short``): int16 HU and uint8 labels on I, P, L axes, and their affine."""
+    style = style or STYLES[DEFAULT_STYLE]
+    if short:
+        style = replace(style, no_kidney=0.0, cut_kidney=0.0, short_window=1.0)
+    hu, labels, fov = make_training_phantom(labels_ipl, spacing, rng, style)
+    to_ipl = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(IPL))
+    ipl_affine = img.affine @ nib.orientations.inv_ornt_aff(to_ipl, img.shape[:3])
+    window_start = np.eye(4)
+    window_start[:3, 3] = [fov.keep[0].start - fov.pad_before, fov.keep[1].start, fov.keep[2].start]
+    return hu, labels, ipl_affine @ window_start
+
+
 def _write_atomic(img: nib.Nifti1Image, path: Path) -> None:
     temporary = path.with_name(path.name.replace(".nii", ".partial.nii"))
     nib.save(img, str(temporary))
     temporary.replace(path)
 
 
-def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0, style: PhantomStyle | None = None) -> Path:
+def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0, style: PhantomStyle | None = None,
+                      field_of_view: str = "mask") -> Path:
     """Write ``out_dir/case_XXXXX/{imaging,segmentation}.nii.gz`` (KiTS19 layout) for one mask.
 
-    ``imaging`` is int16 HU on the mask's grid and affine; ``segmentation`` holds the same
-    labels as uint8. Each file is written under a temporary name, then renamed.
+    ``field_of_view``: ``"mask"`` paints the mask's own grid and affine; ``"drawn"`` draws the
+    style's training field of view (more body above and below, a window that may cut or miss the
+    kidneys or be short: ``make_training_phantom``); ``"short"`` always keeps a short window
+    (``style.short_mm``) through the kidneys, as a scan of a few centimetres. The last two keep the
+    mask's voxel size and orientation (I, P, L axes) and an affine that puts every label where the
+    mask has it. ``imaging`` is int16 HU, ``segmentation`` uint8; each file is written under a
+    temporary name, then renamed.
     """
+    if field_of_view not in FIELDS_OF_VIEW:
+        raise ValueError(f"field_of_view must be one of {', '.join(FIELDS_OF_VIEW)}, got {field_of_view!r}")
     mask_path = Path(mask_path)
     name = case_name(mask_path)
     img = nib.load(str(mask_path))
     labels_ipl, back, spacing = _to_ipl(img)
     rng = np.random.default_rng(case_seed(seed, name))
     try:
-        phantom = make_phantom(labels_ipl, spacing, rng, style)
+        if field_of_view == "mask":
+            phantom = make_phantom(labels_ipl, spacing, rng, style)
+            hu, labels = (nib.orientations.apply_orientation(a, back) for a in (phantom, labels_ipl))
+            affine = img.affine
+        else:
+            hu, labels, affine = _windowed_phantom(img, labels_ipl, spacing, rng, style, field_of_view == "short")
     except ValueError as error:
         raise ValueError(f"{mask_path}: {error}") from error
-    hu = nib.orientations.apply_orientation(phantom, back)
-    labels = nib.orientations.apply_orientation(labels_ipl, back)
     case_dir = Path(out_dir) / name
     case_dir.mkdir(parents=True, exist_ok=True)
     for array, dtype, filename in ((labels, np.uint8, "segmentation.nii.gz"), (hu, np.int16, "imaging.nii.gz")):
         header = img.header.copy()
         header.set_data_dtype(dtype)
-        out = nib.Nifti1Image(np.asfortranarray(array, dtype=dtype), img.affine, header)  # NIfTI order
+        out = nib.Nifti1Image(np.asfortranarray(array, dtype=dtype), affine, header)  # NIfTI order
         out.header.set_slope_inter(1.0, 0.0)
         _write_atomic(out, case_dir / filename)
     return case_dir
@@ -244,13 +270,13 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0,
 
 def make_phantoms(
     mask_paths: Iterable[str | Path], out_dir: str | Path, seed: int = 0, progress: bool = True,
-    style: PhantomStyle | None = None,
+    style: PhantomStyle | None = None, field_of_view: str = "mask",
 ) -> list[Path]:
     """``make_phantom_case`` for every mask, with a progress bar (tqdm, else log lines)."""
     paths = [Path(p) for p in mask_paths]
     written = []
     for path in _progress(paths, progress):
-        written.append(make_phantom_case(path, out_dir, seed, style))
+        written.append(make_phantom_case(path, out_dir, seed, style, field_of_view))
     return written
 
 
