@@ -135,11 +135,16 @@ def test_geometry_equals_the_mask(tmp_path):
     _assert_same_geometry(THIN, make_phantom_case(THIN, tmp_path, seed=1))
 
 
-def test_other_orientations_are_turned_to_kits_axes_and_back(tmp_path):
+def _flipped_small() -> nib.Nifti1Image:
+    """The SMALL mask stored with its y and x axes reversed (axis codes I, A, R), same world positions."""
     img = nib.load(str(SMALL))
     flip = np.diag([1.0, -1.0, -1.0, 1.0])
     flip[:3, 3] = [0, img.shape[1] - 1, img.shape[2] - 1]
-    flipped = nib.Nifti1Image(np.asarray(img.dataobj)[:, ::-1, ::-1], img.affine @ flip, img.header.copy())
+    return nib.Nifti1Image(np.asarray(img.dataobj)[:, ::-1, ::-1], img.affine @ flip, img.header.copy())
+
+
+def test_other_orientations_are_turned_to_kits_axes_and_back(tmp_path):
+    flipped = _flipped_small()
     assert nib.aff2axcodes(flipped.affine) == ("I", "A", "R")
     (tmp_path / "in").mkdir()
     nib.save(flipped, str(tmp_path / "in" / "case_00015.nii.gz"))
@@ -216,10 +221,7 @@ def _assert_labels_where_the_mask_has_them(mask: nib.Nifti1Image, case_dir: Path
 
 
 def test_a_short_field_of_view_keeps_a_few_centimetres_through_the_kidneys_where_the_mask_has_them(tmp_path):
-    img = nib.load(str(SMALL))
-    flip = np.diag([1.0, -1.0, -1.0, 1.0])
-    flip[:3, 3] = [0, img.shape[1] - 1, img.shape[2] - 1]
-    flipped = nib.Nifti1Image(np.asarray(img.dataobj)[:, ::-1, ::-1], img.affine @ flip, img.header.copy())
+    flipped = _flipped_small()
     (tmp_path / "in").mkdir()
     nib.save(flipped, str(tmp_path / "in" / "case_00015.nii.gz"))
     for seed in (3, 4):
