@@ -42,12 +42,11 @@ from .configs import load_config, load_preset
 from .evaluate import evaluate_bundle
 from .export import export_bundle
 from .phantom_style import DEFAULT_STYLE, style_named
-from .phantoms import case_name, case_seed, find_masks, make_phantom_case, make_training_phantom
+from .phantoms import case_name, case_seed, find_masks, labels_on_ipl_axes, make_phantom_case, make_training_phantom
 from .train import RUN_NAME
 
 logger = logging.getLogger(__name__)
 
-IPL = ("I", "P", "L")
 DEMO_DESCRIPTION = (
     "DEMO ONLY - NOT A CLINICAL MODEL. Trained on synthetic phantom CTs (simulated anatomy painted around "
     "real KiTS19 kidney and tumor masks) at a reduced network width; it has never seen a real CT and must "
@@ -84,12 +83,8 @@ class DemoOptions:
 
 def ipl_labels(mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """A label map turned to I, P, L axes: (uint8 labels [z, y, x], their affine, spacing (z, y, x))."""
-    image = nib.load(str(mask_path))
-    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
-                                                nib.orientations.axcodes2ornt(IPL))
-    turned = image.as_reoriented(transform)
-    spacing = tuple(float(s) for s in turned.header.get_zooms()[:3])
-    return np.asarray(turned.dataobj, dtype=np.uint8), np.asarray(turned.affine, float), spacing
+    turned = labels_on_ipl_axes(nib.load(str(mask_path)))
+    return turned.labels, turned.affine, turned.spacing
 
 
 def variant_name(mask_path: Path, variant: int) -> str:

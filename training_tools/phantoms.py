@@ -196,31 +196,40 @@ def find_masks(folder: str | Path) -> list[Path]:
     return [found[name] for name in sorted(found)]
 
 
-def _to_ipl(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Label array turned to I, P, L axes, the transform back, and the spacing in that order."""
+@dataclass(frozen=True)
+class IplLabels:
+    """A label map turned to I, P, L axes: uint8 ``labels`` ``[z, y, x]``, their ``affine``, the
+    ``spacing`` (z, y, x) in mm, and ``back``, the orientation transform to the file's own axes."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    back: np.ndarray
+
+
+def labels_on_ipl_axes(img: nib.Nifti1Image) -> IplLabels:
+    """``img``'s labels turned to I, P, L axes (no resampling: axes reordered and flipped)."""
     current = nib.orientations.io_orientation(img.affine)
     transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(IPL))
-    data = np.asarray(img.dataobj)
-    labels = nib.orientations.apply_orientation(data, transform).astype(np.uint8)
+    labels = nib.orientations.apply_orientation(np.asarray(img.dataobj), transform).astype(np.uint8)
+    affine = img.affine @ nib.orientations.inv_ornt_aff(transform, img.shape[:3])
     zooms = np.asarray(img.header.get_zooms()[:3], float)
     spacing = tuple(float(zooms[int(a)]) for a in transform[:, 0].argsort())
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(IPL), current)
-    return labels, back, spacing
+    return IplLabels(labels, np.asarray(affine, float), spacing, back)
 
 
-def _windowed_phantom(img: nib.Nifti1Image, labels_ipl: np.ndarray, spacing: tuple[float, float, float],
-                      rng: np.random.Generator, style: PhantomStyle | None, short: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A phantom of ``labels_ipl`` ``[z, y, x]`` (I, P, L) with a drawn field of view (always a short
-    window when ``short``): int16 HU and uint8 labels on I, P, L axes, and their affine."""
+def _windowed_phantom(ipl: IplLabels, rng: np.random.Generator, style: PhantomStyle | None,
+                      short: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A phantom of ``ipl``'s labels with a drawn field of view (always a short window when
+    ``short``): int16 HU and uint8 labels on I, P, L axes, and their affine."""
     style = style or STYLES[DEFAULT_STYLE]
     if short:
         style = replace(style, no_kidney=0.0, cut_kidney=0.0, short_window=1.0)
-    hu, labels, fov = make_training_phantom(labels_ipl, spacing, rng, style)
-    to_ipl = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(IPL))
-    ipl_affine = img.affine @ nib.orientations.inv_ornt_aff(to_ipl, img.shape[:3])
+    hu, labels, fov = make_training_phantom(ipl.labels, ipl.spacing, rng, style)
     window_start = np.eye(4)
     window_start[:3, 3] = [fov.keep[0].start - fov.pad_before, fov.keep[1].start, fov.keep[2].start]
-    return hu, labels, ipl_affine @ window_start
+    return hu, labels, ipl.affine @ window_start
 
 
 def _write_atomic(img: nib.Nifti1Image, path: Path) -> None:
@@ -246,15 +255,15 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0,
     mask_path = Path(mask_path)
     name = case_name(mask_path)
     img = nib.load(str(mask_path))
-    labels_ipl, back, spacing = _to_ipl(img)
+    ipl = labels_on_ipl_axes(img)
     rng = np.random.default_rng(case_seed(seed, name))
     try:
         if field_of_view == "mask":
-            phantom = make_phantom(labels_ipl, spacing, rng, style)
-            hu, labels = (nib.orientations.apply_orientation(a, back) for a in (phantom, labels_ipl))
+            phantom = make_phantom(ipl.labels, ipl.spacing, rng, style)
+            hu, labels = (nib.orientations.apply_orientation(a, ipl.back) for a in (phantom, ipl.labels))
             affine = img.affine
         else:
-            hu, labels, affine = _windowed_phantom(img, labels_ipl, spacing, rng, style, field_of_view == "short")
+            hu, labels, affine = _windowed_phantom(ipl, rng, style, field_of_view == "short")
     except ValueError as error:
         raise ValueError(f"{mask_path}: {error}") from error
     case_dir = Path(out_dir) / name
