@@ -3,6 +3,7 @@ network within float rounding, and the same labels for the shipped demo bundle o
 a real KiTS19 mask."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -23,13 +24,24 @@ torch.set_num_threads(1)
 MASK = Path(__file__).resolve().parent / "Data" / "kits19" / "case_00015.nii.gz"  # 46 slices of 3 mm
 
 
-@pytest.mark.parametrize(("net", "shape"), [
-    (VNet(base_channels=4, regression_channels=1), (2, 1, 16, 32, 32)),
-    (UNet3D(base_channels=4), (2, 1, 16, 32, 32)),
-    (UNet2D(base_channels=4), (3, 1, 64, 48)),
-])
-def test_channels_last_gives_the_default_layouts_values(net: torch.nn.Module, shape: tuple[int, ...]) -> None:
-    torch.manual_seed(0)
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (an earlier test may have set more): the same summation order every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("network", "shape"), [
+    (lambda: VNet(base_channels=4, regression_channels=1), (2, 1, 16, 32, 32)),
+    (lambda: UNet3D(base_channels=4), (2, 1, 16, 32, 32)),
+    (lambda: UNet2D(base_channels=4), (3, 1, 64, 48)),
+], ids=["VNet", "UNet3D", "UNet2D"])
+def test_channels_last_gives_the_default_layouts_values(network: Callable[[], torch.nn.Module], shape: tuple[int, ...],
+                                                        one_thread: None) -> None:
+    torch.manual_seed(0)  # weights and input from the test's own seed, not from what ran before it
+    net = network()
     x = torch.rand(shape)
     plain = make_predictor(net, "cpu", output="seg+reg")(x)
     fast = make_predictor(net, "cpu", output="seg+reg", channels_last=True)(x)
