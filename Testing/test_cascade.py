@@ -238,9 +238,13 @@ def test_components_stage_1_does_not_see_are_dropped(bundle: ModelBundle, suppor
     assert not result.labels_working[~kidneys & (ct != 130)].any()
 
 
-def test_the_refinement_runs_k_only_near_stage_1s_kidneys(bundle: ModelBundle) -> None:
+@pytest.mark.parametrize("outside", ["drop", "trim"])
+def test_the_refinement_runs_k_only_near_stage_1s_kidneys(bundle: ModelBundle, outside: str) -> None:
+    """K runs on the patches holding stage 1's kidneys, and with the trim rule also one ×4 block
+    around them: the region the rule may keep."""
     ct = _ct_with_a_lookalike()
-    cascade = Cascade(_with(bundle, _lookalike_networks()), _options(members=("K1", "K2"), settings=_settings(stage1=ALWAYS_REFINE)))
+    stage1 = {**ALWAYS_REFINE, "support_outside": outside, "support_trim_margin_blocks": 1}
+    cascade = Cascade(_with(bundle, _lookalike_networks()), _options(members=("K1", "K2"), settings=_settings(stage1=stage1)))
     regions: list[tuple[str, np.ndarray | None]] = []
     run_3d = cascade._run_3d
 
@@ -254,6 +258,8 @@ def test_the_refinement_runs_k_only_near_stage_1s_kidneys(bundle: ModelBundle) -
     assert [role for role, _ in regions] == ["K1", "K2"]
     expected = np.zeros(SHAPE, bool)
     expected[4:16, 16:48, 8:24] = expected[4:16, 16:48, 40:56] = True  # the kidneys stage 1 sees
+    if outside == "trim":
+        expected[0:20, 12:52, 4:28] = expected[0:20, 12:52, 36:60] = True  # ... grown by one ×4 block
     box = stage2_crop(result.stage1.chosen_box, SHAPE)
     for _, region in regions:
         np.testing.assert_array_equal(region, expected[box.slices])

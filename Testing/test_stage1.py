@@ -192,7 +192,7 @@ def test_refined_box_over_the_extent_of_the_kidneys_equals_one_over_the_whole_re
     """The components are found in the box of p >= 0.5 only; on real masks, with stage 1's support
     over one kidney and small islands around, the box is the one components over the whole region give."""
     from KidneyTumorSegLib.preprocessing import downsample_max
-    from KidneyTumorSegLib.support import keep_supported, support_in_box
+    from KidneyTumorSegLib.support import supported_part
 
     for name, image in real_kits_crops.items():
         kidneys = np.asarray(image.dataobj) > 0
@@ -206,7 +206,7 @@ def test_refined_box_over_the_extent_of_the_kidneys_equals_one_over_the_whole_re
         whole[region.slices][:, :, : padded.shape[2] // 2] = False  # support: one kidney
         support_down = downsample_max(whole, 4)
         mask = remove_small_components(probability >= 0.5, DEFAULT_SETTINGS.stage1.refine_min_component_voxels)
-        plain = Box.from_mask(keep_supported(mask, support_in_box(support_down, region, 4), 0.5))
+        plain = Box.from_mask(supported_part(mask, region, support_down))
         expected = Box(tuple(a + o for a, o in zip(plain.start, region.start)), tuple(b + o for b, o in zip(plain.stop, region.start)))
         assert refined_kidney_box(probability, region, support_down=support_down) == expected, name
 

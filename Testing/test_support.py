@@ -8,7 +8,9 @@ import pytest
 
 from KidneyTumorSegLib.boxes import Box
 from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, MethodSettings
-from KidneyTumorSegLib.support import keep_supported, stage1_support, support_in_box
+from KidneyTumorSegLib.preprocessing import downsample_max
+from KidneyTumorSegLib.support import (grown_support, keep_supported, stage1_support, support_in_box, supported_part,
+                                      trim_region)
 
 
 def _stage1(**changes) -> MethodSettings:
@@ -93,6 +95,64 @@ def test_keep_supported_keeps_whole_components_mostly_inside() -> None:
     assert not keep_supported(np.zeros((2, 3, 3), bool), np.ones((2, 3, 3), bool), 0.5).any()
 
 
+def test_keep_supported_trims_components_mostly_outside_to_the_trim_region() -> None:
+    mask = np.zeros((4, 20, 20), bool)
+    mask[0:4, 0:4, 0:4] = True  # 64 voxels, 32 supported: whole, also past the trim region
+    mask[0:4, 10:14, 0:16] = True  # 256 voxels, 16 supported: only its part in the trim region
+    support = np.zeros(mask.shape, bool)
+    support[0:4, 0:4, 0:2] = True
+    support[0:4, 10:14, 0:1] = True
+    trim_to = np.zeros(mask.shape, bool)
+    trim_to[:, :, 0:3] = True
+    kept = keep_supported(mask, support, 0.5, trim_to)
+    expected = np.zeros(mask.shape, bool)
+    expected[0:4, 0:4, 0:4] = True
+    expected[0:4, 10:14, 0:3] = True
+    np.testing.assert_array_equal(kept, expected)
+    expected[0:4, 10:14, 0:3] = False  # without a trim region the second is dropped whole
+    np.testing.assert_array_equal(keep_supported(mask, support, 0.5), expected)
+
+
 def test_keep_supported_checks_shapes() -> None:
     with pytest.raises(ValueError, match="differ"):
         keep_supported(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 4), bool), 0.5)
+    with pytest.raises(ValueError, match="trim_to"):
+        keep_supported(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 3), bool), 0.5, np.zeros((2, 3, 4), bool))
+
+
+def test_grown_support_grows_by_whole_blocks_along_axes_and_diagonals() -> None:
+    support = np.zeros((7, 7, 7), bool)
+    support[3, 3, 3] = True
+    np.testing.assert_array_equal(grown_support(support, 0), support)
+    one = np.zeros_like(support)
+    one[2:5, 2:5, 2:5] = True
+    np.testing.assert_array_equal(grown_support(support, 1), one)
+    assert grown_support(support, 2)[1:6, 1:6, 1:6].all() and grown_support(support, 2).sum() == 125
+
+
+def test_trim_region_follows_the_named_rule() -> None:
+    support = np.zeros((5, 5, 5), bool)
+    support[2, 2, 2] = True
+    assert trim_region(support, _stage1(support_outside="drop")) is None
+    assert trim_region(support, _stage1(support_outside="trim", support_trim_margin_blocks=1)).sum() == 27
+    with pytest.raises(ValueError, match="support_outside"):
+        trim_region(support, _stage1(support_outside="keep"))
+
+
+def test_a_real_kidney_merged_with_tissue_beside_it_keeps_its_kidney_part(real_kits_crops) -> None:
+    """A short scan's failure, on real KiTS19 kidneys: KT's kidney merges with a slab of false
+    positive tissue (bowel beside it) into one component lying mostly outside stage 1's support.
+    Dropping it loses the kidney; trimming to the support's neighbourhood keeps the kidney and
+    little of the slab."""
+    for name, image in real_kits_crops.items():
+        kidneys = np.pad(np.asarray(image.dataobj) > 0, ((4, 4), (96, 8), (8, 8)))  # 75 mm in front
+        box = Box((0, 0, 0), tuple(n - 1 for n in kidneys.shape))
+        support_down = downsample_max(kidneys, 4)  # stage 1 found both kidneys, blockily
+        slab = np.maximum.accumulate(kidneys[:, ::-1], axis=1)[:, ::-1]  # all in front of a kidney (y: posterior)
+        merged = kidneys | slab
+        assert (merged & support_in_box(support_down, box, 4)).sum() < 0.5 * merged.sum(), name  # mostly outside
+        dropped = supported_part(merged, box, support_down, _stage1(support_outside="drop"))
+        trimmed = supported_part(merged, box, support_down, _stage1(support_outside="trim", support_trim_margin_blocks=1))
+        assert not dropped.any(), name
+        assert trimmed[kidneys].all(), name  # every kidney voxel lies in its own support
+        assert (trimmed & ~kidneys).sum() < 0.5 * kidneys.sum() < (slab & ~kidneys).sum(), name

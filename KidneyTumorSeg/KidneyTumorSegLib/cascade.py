@@ -32,7 +32,7 @@ from .preprocessing import downsample_mean
 from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, LABEL_KIDNEY, MethodSettings
 from .stage1 import Stage1Result, choose_crop
-from .support import keep_supported, stage1_support, support_in_box
+from .support import stage1_support, support_in_box, supported_part, trim_region
 from .uncertainty import CaseReview, EnsembleUncertainty, case_review, ensemble_uncertainty
 from .validation import check_memory
 
@@ -246,11 +246,13 @@ class Cascade:
     def _refiner(self, case: PreparedCase, support: np.ndarray | None, progress: ProgressReport,
                  cancel: CancelCallback | None) -> Callable[[Box], np.ndarray] | None:
         """The over-prediction rule's model: KT when configured, else mean(K1, K2); None without them.
-        With stage 1's ``support`` it runs only on the patches holding a support voxel: there its
-        output is exact, and the rule keeps only components lying mostly there."""
+        With stage 1's ``support`` it runs only on the patches holding a voxel of the support or of
+        its trim region: there its output is exact, and the rule keeps only what lies there."""
+        reach = None if support is None else trim_region(support, self.settings)
+        reach = support if reach is None else reach
 
         def region(box: Box) -> np.ndarray | None:
-            return None if support is None else support_in_box(support, box, self.settings.geometry.downsample_factor)
+            return None if reach is None else support_in_box(reach, box, self.settings.geometry.downsample_factor)
 
         if self.settings.stage1.refine_with == "KT":
             return lambda box: self._run_3d("KT", case.normalized[box.slices], "seg", progress, "stage1", cancel, region(box))[0]
@@ -287,16 +289,15 @@ class Cascade:
             return None
         return case.support_down
 
-    def _crop_support(self, case: PreparedCase, crop: Box, progress: ProgressReport,
-                      cancel: CancelCallback | None) -> np.ndarray | None:
-        """Stage 1's support over ``crop`` (bool ``crop.size``), or None when the rule is off. A crop
-        given by hand runs stage 1's segmentation head for it (no landmarks, no refinement)."""
+    def _support_for_crop(self, case: PreparedCase, progress: ProgressReport,
+                          cancel: CancelCallback | None) -> np.ndarray | None:
+        """Stage 1's support on the ×4 grid, or None when the rule is off. A crop given by hand
+        runs stage 1's segmentation head for it (no landmarks, no refinement)."""
         if not self.settings.stage1.support_components:
             return None
         if case.support_down is None:
             self._run_stage1(case, "seg", progress, cancel)
-        support = self._usable_support(case)
-        return None if support is None else support_in_box(support, crop, self.settings.geometry.downsample_factor)
+        return self._usable_support(case)
 
     # -- stage 2 -----------------------------------------------------------------------------
     def segment_crop(self, case: PreparedCase, crop: Box, progress: ProgressReport = _silent,
@@ -304,14 +305,14 @@ class Cascade:
         """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8), and
         where its members disagree (None when ``options.uncertainty`` is off). With
         ``stage1.support_components`` on, KT's components lying mostly outside stage 1's support
-        are background before label assignment (support.py)."""
-        support = self._crop_support(case, crop, progress, cancel)
+        are trimmed to its neighbourhood (or dropped) before label assignment (support.py)."""
+        support = self._support_for_crop(case, progress, cancel)
         volume = case.normalized[crop.slices]
         kt = self._run_3d("KT", volume, "seg", progress, "stage2", cancel)[0]
         kt_mask = kt >= self.settings.geometry.probability_threshold
         if support is not None:
-            kept = keep_supported(kt_mask, support, self.settings.stage1.support_min_overlap)
-            logger.info("stage 2: kept %d of %d KT voxels, in components stage 1 supports", kept.sum(), kt_mask.sum())
+            kept = supported_part(kt_mask, crop, support, self.settings)
+            logger.info("stage 2: kept %d of %d KT voxels, in or beside stage 1's support", kept.sum(), kt_mask.sum())
             kt, kt_mask = np.where(kept, kt, 0).astype(kt.dtype), kept
         region = kt_mask if self.options.skip_outside_kt else None
         kidney = self._kidney_probability(case, crop, progress, cancel, region=region) if self.kidney_models_label else None

@@ -62,6 +62,10 @@ class Stage1Settings:
     support_min_fraction: float = 0.1  # [D] stage-1 components < 10 % of its largest give no support
     support_max_components: int = 2  # [D] ... nor do any but its two largest (two kidneys)
     support_min_overlap: float = 0.5  # [D] a K/KT component needs >= half its voxels in the support
+    # [D] a K/KT component below that overlap: "drop" it whole, or "trim" it to the support grown by
+    # support_trim_margin_blocks ×4 blocks (a short scan's kidney merged with tissue beside it keeps its kidney part)
+    support_outside: str = "trim"
+    support_trim_margin_blocks: int = 1
     refine_only_when_support_is_smaller: bool = True  # [D] with the support: skip K when it cannot shrink the box
 
 

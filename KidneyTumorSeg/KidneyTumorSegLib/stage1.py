@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from .boxes import Box
 from .settings import DEFAULT_SETTINGS, WORKING_SPACING_ZYX, MethodSettings
-from .support import keep_supported, support_in_box
+from .support import supported_part
 from .targets import CONNECTIVITY_26, landmark_peaks
 
 LANDMARK_NAMES = ("left", "top", "right", "bottom", "center")
@@ -117,7 +117,7 @@ def refined_kidney_box(kidney_probability: np.ndarray, region: Box, settings: Me
                        support_down: np.ndarray | None = None) -> Box | None:
     """Box of the stage-2 kidney prediction over ``region`` (``[z, y, x]`` probabilities) after
     removing components < 1500 voxels, in working-frame coordinates; None when nothing is left.
-    ``support_down`` (stage 1's support on the ×4 grid, see support.py) also removes the
+    ``support_down`` (stage 1's support on the ×4 grid, see support.py) also trims or removes the
     components that lie mostly outside it. The components are found inside the box of
     ``p >= 0.5`` only: outside it is background, so they are the same."""
     extent = Box.from_mask(kidney_probability >= settings.geometry.probability_threshold)
@@ -128,8 +128,7 @@ def refined_kidney_box(kidney_probability: np.ndarray, region: Box, settings: Me
     offset = tuple(r + e for r, e in zip(region.start, extent.start))
     if support_down is not None:
         inner = Box(offset, tuple(o + n - 1 for o, n in zip(offset, mask.shape)))
-        mask = keep_supported(mask, support_in_box(support_down, inner, settings.geometry.downsample_factor),
-                              settings.stage1.support_min_overlap)
+        mask = supported_part(mask, inner, support_down, settings)
     box = Box.from_mask(mask)
     if box is None:
         return None

@@ -4,8 +4,11 @@ Stage 2's kidney models (K, KT) see only a crop, and inside it they can mark str
 like kidney (bright contrast-filled bowel loops, vessels) far from any kidney. Stage 1 sees the
 whole body at ×4 and is rarely fooled the same way. With ``stage1.support_components`` on, a 3D
 connected component of K or KT is kept only when at least ``stage1.support_min_overlap`` (half)
-of its voxels lie in stage 1's foreground -- touching it at the blocky ×4 edge is not enough;
-stage 1's own small islands (< ``stage1.support_min_fraction`` of its largest component) do not
+of its voxels lie in stage 1's foreground -- touching it at the blocky ×4 edge is not enough.
+A component below that overlap is dropped whole (``stage1.support_outside = "drop"``) or, by
+default, trimmed to the support grown by ``support_trim_margin_blocks`` ×4 blocks (``"trim"``):
+on a short scan KT's kidney can merge with the tissue beside it into one component lying mostly
+outside the support, and dropping it whole loses the kidney. Stage 1's own small islands (< ``stage1.support_min_fraction`` of its largest component) do not
 count as support, nor does any component beyond its two largest (``support_max_components``:
 a body has two kidneys). The paper has no such rule; switch it off for the paper's behaviour.
 
@@ -43,11 +46,21 @@ def support_in_box(support_down: np.ndarray, box: Box, factor: int) -> np.ndarra
     return np.pad(support_down, pad)[np.ix_(*blocks)]
 
 
-def keep_supported(mask: np.ndarray, support: np.ndarray, min_overlap: float) -> np.ndarray:
+def grown_support(support_down: np.ndarray, blocks: int) -> np.ndarray:
+    """``support_down`` (bool, ×4 grid) grown by ``blocks`` blocks along every axis and diagonal."""
+    if blocks <= 0:
+        return support_down.copy()
+    return ndimage.binary_dilation(support_down, structure=CONNECTIVITY_26, iterations=blocks)
+
+
+def keep_supported(mask: np.ndarray, support: np.ndarray, min_overlap: float,
+                   trim_to: np.ndarray | None = None) -> np.ndarray:
     """The 26-connected components of ``mask`` with at least ``min_overlap`` of their voxels (and
-    at least one) in ``support`` (bool, same shape)."""
-    if mask.shape != support.shape:
-        raise ValueError(f"keep_supported: mask {mask.shape} and support {support.shape} differ")
+    at least one) in ``support``, whole; of every other component only its voxels in ``trim_to``
+    (None: nothing). All arrays bool, same shape."""
+    if mask.shape != support.shape or (trim_to is not None and trim_to.shape != mask.shape):
+        shapes = f"mask {mask.shape}, support {support.shape}" + ("" if trim_to is None else f", trim_to {trim_to.shape}")
+        raise ValueError(f"keep_supported: {shapes} differ")
     components, count = ndimage.label(mask, structure=CONNECTIVITY_26)
     if count == 0:
         return np.zeros(mask.shape, dtype=bool)
@@ -55,4 +68,29 @@ def keep_supported(mask: np.ndarray, support: np.ndarray, min_overlap: float) ->
     supported = np.bincount(components[support & mask], minlength=count + 1)
     keep = (supported > 0) & (supported >= min_overlap * sizes)
     keep[0] = False
-    return keep[components]
+    kept = keep[components]
+    if trim_to is not None:
+        kept |= mask & trim_to
+    return kept
+
+
+def trim_region(support_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray | None:
+    """Where a component mostly outside the support is kept (bool, ×4 grid): the support grown by
+    ``stage1.support_trim_margin_blocks``; None when ``stage1.support_outside`` is ``"drop"``."""
+    rule = settings.stage1.support_outside
+    if rule == "drop":
+        return None
+    if rule != "trim":
+        raise ValueError(f"stage1.support_outside must be 'drop' or 'trim', not {rule!r}")
+    return grown_support(support_down, settings.stage1.support_trim_margin_blocks)
+
+
+def supported_part(mask: np.ndarray, box: Box, support_down: np.ndarray,
+                   settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """The support rule on ``mask`` (bool, the working-frame voxels of ``box``): its components
+    lying mostly in stage 1's support ``support_down`` (×4 grid) whole, the others trimmed or
+    dropped as ``stage1.support_outside`` says (bool, same shape)."""
+    factor = settings.geometry.downsample_factor
+    trim = trim_region(support_down, settings)
+    return keep_supported(mask, support_in_box(support_down, box, factor), settings.stage1.support_min_overlap,
+                          None if trim is None else support_in_box(trim, box, factor))

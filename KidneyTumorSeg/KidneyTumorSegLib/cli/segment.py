@@ -34,10 +34,11 @@ BOXES_NOTE = ("Each box is given twice: 'ijk' (inclusive voxel index ranges of t
               "indexes it) and 'ras' (two opposite corners in mm). `segment --box` reads boxes.crop: edit one of "
               "the two and delete the other; when both are present they must agree within a voxel.")
 SUPPORT_HELP = ("keep stage 2's kidney regions that stage 1 did not see, in the labels and when refining the crop "
-                "(the paper's behaviour; use it when your --box holds a kidney stage 1 missed) (default: keep only "
-                "those stage 1 supports)")
+                "(the paper's behaviour; use it when your --box holds a kidney stage 1 missed) (default: keep those "
+                "stage 1 supports, and of the others only their part beside stage 1's kidneys)")
 LOCATE_SUPPORT_HELP = ("refine the crop with every kidney region the stage-2 kidney models find, also those stage 1 "
-                       "did not see (the paper's behaviour) (default: only those stage 1 supports)")
+                       "did not see (the paper's behaviour) (default: those stage 1 supports, and of the others only their "
+                       "part beside stage 1's kidneys)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
