@@ -46,9 +46,10 @@ The result is a segmentation with segments Kidney and Tumor (SNOMED CT terms, li
 DICOM SEG export) and a table of volumes and tumor sizes.
 <p><b>Warning:</b> the model bundle shipped with the module is a <i>demo</i> trained on synthetic
 phantoms. It is not a clinical model and must not be used for diagnosis; choose your own trained
-bundle under Inputs. On a real scan that covers the abdomen it finds the kidneys (kidney Dice 0.75 on
+bundle under Inputs. On a real scan that covers the abdomen it finds the kidneys (kidney Dice 0.72 on
 a real non-contrast CT) but calls much of each kidney tumor, so its tumor label and tumor volumes mean
-nothing; on a short scan (about 30 slices) it may find nothing, and the status line says so.</p>
+nothing; on a short scan (about 30 slices) it finds part of the kidneys at best (0.38 on an excerpt of
+that CT), and when it finds nothing the status line says so.</p>
 <p>Please cite: J. Zhang, K. He, T. Qin, J. Chen, L. Yang. <i>Segmentation of kidney and kidney tumor
 by cascaded fusion FCNs with soft-boundary regression.</i> KiTS19 Challenge, MICCAI 2019.</p>
 """
