@@ -239,6 +239,25 @@ def test_components_stage_1_does_not_see_are_dropped(bundle: ModelBundle, suppor
 
 
 @pytest.mark.parametrize("outside", ["drop", "trim"])
+def test_a_kidney_merged_with_a_larger_lookalike_keeps_its_part_beside_stage_1s_kidney(bundle: ModelBundle,
+                                                                                        outside: str) -> None:
+    """A short scan's failure: KT's kidney merges with a larger look-alike stage 1 does not see, so
+    the component lies mostly outside the support. "drop" loses the kidney with it; "trim" keeps
+    the kidney and the look-alike's voxels within one ×4 block of it."""
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[:, 2:62, 2:62] = 0
+    ct[4:16, 16:48, 8:24] = 150  # the kidney, on whole ×4 blocks: 6144 voxels
+    ct[4:16, 16:48, 24:60] = 130  # touching it: 13824 voxels, so 31 % of the component is supported
+    stage1 = {"support_outside": outside, "support_trim_margin_blocks": 1}
+    cascade = Cascade(_with(bundle, _lookalike_networks()), _options(members=("KT",), settings=_settings(stage1=stage1)))
+    labels = cascade.segment(image_in(ct, "IPL")).labels_working
+    expected = np.zeros(SHAPE, np.uint8)
+    if outside == "trim":
+        expected[4:16, 16:48, 8:28] = 1  # the kidney and one block (4 voxels) of the look-alike
+    np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("outside", ["drop", "trim"])
 def test_the_refinement_runs_k_only_near_stage_1s_kidneys(bundle: ModelBundle, outside: str) -> None:
     """K runs on the patches holding stage 1's kidneys, and with the trim rule also one ×4 block
     around them: the region the rule may keep."""
