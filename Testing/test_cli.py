@@ -109,12 +109,18 @@ def test_the_command_lines_of_the_slicer_module_parse() -> None:
 # ---------------------------------------------------------------- segment and locate
 
 
-@pytest.mark.parametrize("flags, support, kt_only", [([], True, 1), (["--keep-all-components"], False, 1), (["--strict"], True, 0)])
-def test_method_options_select_the_settings(flags: list[str], support: bool, kt_only: int) -> None:
+@pytest.mark.parametrize("flags, support, kt_only, outside", [([], True, 1, "trim"), (["--keep-all-components"], False, 1, "trim"),
+                                                             (["--strict"], True, 0, "trim"),
+                                                             (["--support-outside", "drop"], True, 1, "drop")])
+def test_method_options_select_the_settings(flags: list[str], support: bool, kt_only: int, outside: str) -> None:
     from KidneyTumorSegLib.cli.segment import method_settings
 
     settings = method_settings(build_parser().parse_args(["segment", "in.nii.gz", "-o", "out.nii.gz", *flags]))
     assert settings.stage1.support_components is support and settings.fusion.kt_only_label == kt_only
+    assert settings.stage1.support_outside == outside
+    locate_flags = [flag for flag in flags if flag != "--strict"]  # locate labels nothing: no --strict
+    located = method_settings(build_parser().parse_args(["locate", "in.nii.gz", "-o", "b.json", *locate_flags]))
+    assert located.stage1.support_outside == outside
 
 
 def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path: Path, capsys) -> None:

@@ -64,6 +64,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def add_support_option(parser: argparse.ArgumentParser, help_text: str = SUPPORT_HELP) -> None:
     parser.add_argument("--keep-all-components", action="store_true", help=help_text)
+    parser.add_argument("--support-outside", choices=("trim", "drop"), default=DEFAULT_SETTINGS.stage1.support_outside,
+                        help="what happens to a kidney region lying mostly outside stage 1's kidneys: trim (keep its "
+                             "part within one ×4 block of them) or drop (remove it whole, the rule of bundles evaluated "
+                             f"before the trim rule) (default {DEFAULT_SETTINGS.stage1.support_outside})")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +125,8 @@ def method_settings(args: argparse.Namespace) -> MethodSettings:
     if "strict" in args:  # segmenting commands: `locate` labels nothing
         fusion = dataclasses.replace(fusion, min_tumor_component_pixels=args.min_tumor_pixels,
                                      kt_only_label=LABEL_BACKGROUND if args.strict else fusion.kt_only_label)
-    stage1 = dataclasses.replace(DEFAULT_SETTINGS.stage1, support_components=not args.keep_all_components)
+    stage1 = dataclasses.replace(DEFAULT_SETTINGS.stage1, support_components=not args.keep_all_components,
+                                 support_outside=args.support_outside)
     return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion, stage1=stage1)
 
 
