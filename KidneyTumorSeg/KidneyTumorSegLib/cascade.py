@@ -32,7 +32,7 @@ from .preprocessing import downsample_mean
 from .resample_torch import to_working_frame_torch
 from .settings import DEFAULT_SETTINGS, LABEL_KIDNEY, MethodSettings
 from .stage1 import Stage1Result, choose_crop
-from .support import stage1_support, support_in_box, supported_part, trim_region
+from .support import stage1_support, support_in_box, support_reach, supported_part
 from .uncertainty import CaseReview, EnsembleUncertainty, case_review, ensemble_uncertainty
 from .validation import check_memory
 
@@ -248,8 +248,7 @@ class Cascade:
         """The over-prediction rule's model: KT when configured, else mean(K1, K2); None without them.
         With stage 1's ``support`` it runs only on the patches holding a voxel of the support or of
         its trim region: there its output is exact, and the rule keeps only what lies there."""
-        reach = None if support is None else trim_region(support, self.settings)
-        reach = support if reach is None else reach
+        reach = None if support is None else support_reach(support, self.settings)
 
         def region(box: Box) -> np.ndarray | None:
             return None if reach is None else support_in_box(reach, box, self.settings.geometry.downsample_factor)

@@ -85,6 +85,12 @@ def trim_region(support_down: np.ndarray, settings: MethodSettings = DEFAULT_SET
     return grown_support(support_down, settings.stage1.support_trim_margin_blocks)
 
 
+def support_reach(support_down: np.ndarray, settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """Where the rule may keep voxels (bool, ×4 grid): the trim region, or under ``"drop"`` the support itself."""
+    trim = trim_region(support_down, settings)
+    return support_down if trim is None else trim
+
+
 def supported_part(mask: np.ndarray, box: Box, support_down: np.ndarray,
                    settings: MethodSettings = DEFAULT_SETTINGS) -> np.ndarray:
     """The support rule on ``mask`` (bool, the working-frame voxels of ``box``): its components
