@@ -21,6 +21,7 @@ from training_tools.phantoms import (
     case_name,
     case_seed,
     find_masks,
+    is_healthy_phantom,
     make_phantom,
     make_phantom_case,
     make_phantom_with_info,
@@ -202,6 +203,34 @@ def test_cli_writes_kits_layout_from_both_mask_layouts(tmp_path):
     images = [np.asarray(nib.load(str(tmp_path / d / "case_00015" / "imaging.nii.gz")).dataobj) for d in "ab"]
     assert np.array_equal(*images)
     _assert_same_geometry(SMALL, tmp_path / "a" / "case_00015")
+
+
+def test_no_tumor_renders_the_real_tumor_as_kidney_with_the_same_kidneys(tmp_path, small):
+    """`phantoms --no-tumor`: the same kidney-and-tumor region, all of it kidney, painted as kidney."""
+    files, _ = _mask_folders(tmp_path)
+    assert cli.main(["phantoms", "--masks", str(files), "--out", str(tmp_path / "t"), "--seed", "3"]) == 0
+    assert cli.main(["phantoms", "--masks", str(files), "--out", str(tmp_path / "h"), "--seed", "3", "--no-tumor"]) == 0
+    labels, _ = small
+    healthy = np.asarray(nib.load(str(tmp_path / "h" / "case_00015" / "segmentation.nii.gz")).dataobj)
+    assert (labels == 2).any() and not (healthy == 2).any()
+    np.testing.assert_array_equal(healthy > 0, labels > 0)
+    images = {d: np.asarray(nib.load(str(tmp_path / d / "case_00015" / "imaging.nii.gz")).dataobj).astype(float)
+              for d in "th"}
+    tumor, kidney = labels == 2, labels == 1
+    # the tumor region takes the kidney's look: closer to the kidney's median than with the tumor painted
+    gap = {d: abs(np.median(images[d][tumor]) - np.median(images[d][kidney])) for d in "th"}
+    assert gap["h"] < gap["t"]
+
+
+def test_the_healthy_share_of_training_phantoms_is_a_seeded_draw_per_name():
+    names = [f"case_{i:05d}{suffix}" for i in range(300) for suffix in ("", "_v1")]
+    drawn = [is_healthy_phantom(0, name, 0.3) for name in names]
+    assert 0.25 < np.mean(drawn) < 0.35
+    assert drawn == [is_healthy_phantom(0, name, 0.3) for name in names]  # reproducible
+    assert [is_healthy_phantom(1, name, 0.3) for name in names] != drawn  # and the run seed's
+    assert not any(is_healthy_phantom(0, name, 0.0) for name in names)
+    with pytest.raises(ValueError, match="healthy share"):
+        is_healthy_phantom(0, "case_00000", 1.5)
 
 
 def _assert_labels_where_the_mask_has_them(mask: nib.Nifti1Image, case_dir: Path) -> np.ndarray:

@@ -8,7 +8,8 @@ import pytest
 from training_tools.cli import main
 from training_tools.logs import relay_validation
 
-HEADER = "iteration,lr,loss,seg_loss,reg_loss,seconds_per_iteration,val_dice,val_loss\n"
+HEADER = ("iteration,lr,loss,seg_loss,reg_loss,seconds_per_iteration,val_dice,val_precision,val_recall,"
+          "val_healthy_called_tumor\n")
 
 
 def _log(folder: Path, role: str, rows: list[tuple[int, float | None]]) -> None:

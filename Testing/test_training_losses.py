@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training_tools.configs import all_configs, load_config, parse_override, preset_names
-from training_tools.losses import bce_loss, dice_loss, total_loss, wmse_loss
+from training_tools.losses import LossWeights, bce_loss, dice_loss, total_loss, wmse_loss
 from training_tools.schedule import poly_lr
 
 
@@ -58,6 +58,26 @@ def test_total_loss_adds_wmse_to_the_segmentation_loss():
     assert set(parts) == {"loss", "seg_loss", "reg_loss"}
 
 
+def test_dice_plus_bce_gives_false_positives_in_a_window_without_tumor_their_gradient():
+    """With an empty truth, soft Dice barely moves a confident false positive (loss P/(P+1)); the
+    BCE term of "dice+bce" pushes every such voxel down, in proportion to its weight."""
+    target = torch.zeros(2, 1, 8, 16, 16)
+    logits = torch.full_like(target, 2.0)  # p = 0.88 everywhere: the whole window called tumor
+    gradients = {}
+    for name, voxel in (("dice", 1.0), ("dice+bce", 1.0), ("dice+bce", 0.5)):
+        leaf = logits.clone().requires_grad_(True)
+        loss, _ = total_loss(leaf, None, target, target, name, LossWeights(voxel=voxel))
+        loss.backward()
+        gradients[name, voxel] = float(leaf.grad.abs().sum())
+        expected = dice_loss(logits, target) + (voxel * bce_loss(logits, target) if name != "dice" else 0.0)
+        assert float(loss.detach()) == pytest.approx(float(expected))
+    assert gradients["dice+bce", 1.0] > 100 * gradients["dice", 1.0]
+    assert gradients["dice+bce", 0.5] == pytest.approx(gradients["dice", 1.0] + 0.5 * (gradients["dice+bce", 1.0]
+                                                                                   - gradients["dice", 1.0]), rel=1e-4)
+    with pytest.raises(ValueError, match="segmentation loss"):
+        total_loss(logits, None, target, target, "focal")
+
+
 def test_poly_schedule_values():
     assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
     assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5 ** 0.9)
@@ -83,19 +103,22 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
     assert list(configs) == list(SPEC_TABLE)
     for role, config in configs.items():
         lr, loss, patch = SPEC_TABLE[role]
-        assert config.segmentation_loss == loss
+        assert config.segmentation_loss in (loss, "dice+bce")  # a tumor preset may add BCE to Dice (SPEC, revised)
         assert config.effective_patch_size == patch
         assert config.weight_decay == 5e-4 and config.poly_power == 0.9
         assert config.loss_weights == {"segmentation": 1.0, "regression": 1.0}  # segmentation loss + WMSE, unweighted
         assert config.iterations >= 1 and config.batch_size >= 1 and config.base_channels >= 1
         if preset == "paper":
+            assert config.segmentation_loss == loss
             assert config.learning_rate == lr and config.spec_deviations() == []
         else:  # the demo presets raise the learning rate and augment; each run records both as deviations
             assert config.learning_rate in (5e-4, 1e-3) and config.augmentation
             expected = [] if config.learning_rate == lr else [f"learning rate {config.learning_rate:g} (SPEC {lr:g})"]
-            if config.kidney_patch_fraction:
-                expected.append(f"{config.kidney_patch_fraction:g} of the patches centred on kidney "
-                                "(SPEC: all in the expanded tumor box)")
+            if config.segmentation_loss != loss:
+                expected.append(f"segmentation loss {config.segmentation_loss} (SPEC {loss})")
+            if config.inference_window_fraction:
+                expected.append(f"{config.inference_window_fraction:g} of the windows drawn anywhere in the crop, "
+                                "as inference meets the model (the paper: all around the tumor)")
             if config.tumor_box_padding == "zeros":
                 expected.append("zeros around the expanded tumor box (SPEC: the image's own voxels)")
             expected.append(f"training-time augmentation {json.dumps(config.augmentation, sort_keys=True)} "

@@ -12,7 +12,7 @@ from training_tools.samplers import (
     StridePatchSampler,
     TumorPatchSampler,
     TumorSliceSampler,
-    kidney_centred_start,
+    centred_start,
     make_sampler,
     random_start,
     read_window,
@@ -92,22 +92,36 @@ def test_kt_and_k_samplers_give_the_200_stride_patches_with_their_targets(case):
         np.testing.assert_array_equal(reg[0][inner], case.boundary[channel][window].astype(np.float32))
 
 
-def test_tumor_sampler_draws_100_random_patches_inside_the_expanded_tumor_box(case):
+def test_tumor_sampler_centres_its_100_patches_uniformly_in_the_expanded_tumor_box(case):
     sampler = make_sampler(ROLES["T-vnet"], tumor_padding="zeros")  # zeros show where the box lies
     assert isinstance(sampler, TumorPatchSampler) and sampler.patch == (32, 64, 64)
     assert sampler.count(case) == 100
+    box = case.tumor_crop_box
     box_voxels = int(np.prod(TUMOR_CROP_SIZE))
-    rng = np.random.default_rng(1)
-    offsets = set()
     for index in range(100):
-        image, seg, reg = sampler.sample(case, index, rng)
+        image, seg, reg = sampler.sample(case, index, np.random.default_rng(index))
         assert image.shape == seg.shape == reg.shape == (1, 32, 64, 64)
-        # The box (12 x 26 x 28) is smaller than the patch: all of it lies in the patch, the rest is 0.
-        assert np.count_nonzero(image) == box_voxels
-        assert seg.sum() == 4 * 10 * 12  # the whole tumor, never kidney
-        assert np.count_nonzero(reg) <= box_voxels
-        offsets.add(tuple(np.argwhere(image[0])[0]))
-    assert len(offsets) > 50  # random placements
+        start = centred_start(box, (32, 64, 64), np.random.default_rng(index))  # the same draw
+        centre = [s + p // 2 for s, p in zip(start, (32, 64, 64))]
+        assert all(a <= c <= b for a, c, b in zip(box.start, centre, box.stop))
+        assert np.count_nonzero(image) <= box_voxels and np.count_nonzero(reg) <= box_voxels
+        assert seg.sum() > 0  # the box is smaller than the patch: some tumor in every window
+
+
+def test_the_tumor_falls_anywhere_in_the_window_as_the_paper_draws_it(case):
+    """The tumor's place in the window is the window centre's uniform draw over the box mirrored:
+    along each axis its spread is the box's (std = size / sqrt(12)), not the patch's room."""
+    sampler = make_sampler(ROLES["T-vnet"])
+    rng = np.random.default_rng(5)
+    centroids = []
+    for index in range(600):
+        seg = sampler.sample(case, index % 100, rng)[1][0]
+        centroids.append(np.argwhere(seg > 0).mean(axis=0))
+    spread = np.std(centroids, axis=0)
+    expected = np.array(TUMOR_CROP_SIZE) / np.sqrt(12.0)
+    np.testing.assert_allclose(spread, expected, rtol=0.15)
+    patch_centre = np.array([16, 32, 32])
+    np.testing.assert_allclose(np.mean(centroids, axis=0), patch_centre, atol=2.5)
 
 
 def test_image_padding_fills_the_tumor_patch_from_the_crop_by_default(case):
@@ -135,30 +149,54 @@ def test_tumor_sampler_skips_cases_without_tumor(tmp_path):
     assert TumorPatchSampler().count(case) == 0
 
 
-def test_kidney_share_of_tumor_patches_is_centred_on_kidney_and_not_limited_to_the_tumor_box(case):
-    sampler = make_sampler(ROLES["T-unet"], kidney_fraction=0.25, tumor_padding="zeros")
+def test_inference_share_of_tumor_patches_is_centred_anywhere_in_the_crop(case):
+    sampler = make_sampler(ROLES["T-unet"], inference_fraction=0.4, tumor_padding="zeros")
     assert sampler.count(case) == 100
     box_voxels = int(np.prod(TUMOR_CROP_SIZE))
-    rng = np.random.default_rng(2)
-    beyond_box = [np.count_nonzero(sampler.sample(case, i, rng)[0]) > box_voxels for i in range(100)]
-    assert not any(beyond_box[:75]) and all(beyond_box[75:])  # the last quarter sees past the tumor box
-    labels = np.asarray(case.labels)
-    for seed in range(20):
-        start = kidney_centred_start(labels, (32, 64, 64), np.random.default_rng(seed))
-        assert labels[tuple(s + p // 2 for s, p in zip(start, (32, 64, 64)))] > 0
+    crop = Box.full(case.labels.shape)
+    without_tumor, other_kidney = 0, 0
+    for index in range(100):
+        image, seg, _ = sampler.sample(case, index, np.random.default_rng(index))
+        if index < 60:  # the paper's windows: the zero frame shows them limited to the tumor box
+            assert np.count_nonzero(image) <= box_voxels and seg.sum() > 0
+            continue
+        start = centred_start(crop, (32, 64, 64), np.random.default_rng(index))  # the same draw
+        assert all(0 <= s + p // 2 < n for s, p, n in zip(start, (32, 64, 64), case.labels.shape))
+        assert np.count_nonzero(image) > box_voxels  # the crop's own image, not a frame
+        without_tumor += seg.sum() == 0
+        window = read_window(case.labels, start, (32, 64, 64))
+        other_kidney += bool((window[..., 32:] == 1).any() and start[2] > 120)
+    assert without_tumor >= 20  # most of the crop holds no tumor: so do most of these windows
+    assert other_kidney >= 1  # and some see the kidney without tumor
+    with pytest.raises(ValueError, match="inference_fraction"):
+        TumorPatchSampler(inference_fraction=1.5)
 
 
-def test_kidney_share_gives_cases_without_tumor_kidney_patches_only(tmp_path):
+def test_a_healthy_case_gives_only_inference_windows_without_tumor(tmp_path):
     from training_helpers import write_synthetic_case as write
 
     case = write(tmp_path, "case_00001")
     case.meta["tumor_crop_box"] = None
-    sampler = TumorPatchSampler(kidney_fraction=0.5)
+    for name in ("axial", "coronal", "sagittal"):
+        case.meta["tumor_slices"][name] = []
+    assert TumorPatchSampler().count(case) == 0  # the paper's sampler has nothing to draw
+    sampler = TumorPatchSampler(inference_fraction=0.5)
     assert sampler.count(case) == 50
     image, seg, _ = sampler.sample(case, 0, np.random.default_rng(0))
     assert image.shape == (1, 32, 64, 64) and np.count_nonzero(image) > 0
-    with pytest.raises(ValueError, match="kidney_fraction"):
-        TumorPatchSampler(kidney_fraction=1.5)
+    slices = TumorSliceSampler("axial", inference_fraction=0.5)
+    assert slices.count(case) == round(0.5 * case.labels.shape[0])
+    assert TumorSliceSampler("axial").count(case) == 0
+
+
+def test_2d_inference_share_adds_slices_from_the_whole_crop(case):
+    sampler = make_sampler(ROLES["T2D-co-dice"], inference_fraction=0.5)
+    tumor_slices = case.tumor_slices("coronal")
+    assert sampler.count(case) == 2 * len(tumor_slices)  # as many again, drawn from all 168 coronal slices
+    rng = np.random.default_rng(4)
+    empty = [sampler.sample(case, i, rng)[1].sum() == 0 for i in range(sampler.count(case))]
+    assert not any(empty[:len(tumor_slices)])  # the paper's slices all hold tumor
+    assert sum(empty[len(tumor_slices):]) >= len(tumor_slices) // 2  # most of the crop's slices hold none
 
 
 def test_2d_samplers_use_only_tumor_slices_cropped_or_padded_to_256(case):

@@ -16,7 +16,8 @@ from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
 from KidneyTumorSegLib.imageio import Image
 from training_tools.configs import load_config
 from training_tools.export import export_bundle
-from training_tools.cache import working_arrays
+from KidneyTumorSegLib.inference import make_predictor, sliding_window_predict
+from training_tools.cache import open_cache, working_arrays
 from training_tools.logs import read_log
 from training_tools.train import TrainOptions, train
 from synthetic_cases import working_affine
@@ -24,7 +25,7 @@ from training_helpers import write_synthetic_case
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TINY = {"base_channels": 2, "iterations": 4, "batch_size": 1, "checkpoint_interval": 2, "val_interval": 2,
-        "log_interval": 1, "val_samples_per_case": 1}
+        "log_interval": 1}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,34 @@ def test_validation_uses_the_held_out_fold(cache, tmp_path):
     assert summary["validation_held_out"]
     assert not set(summary["training_cases"]) & set(summary["validation_cases"])
     assert 0.0 <= summary["validation"]["val_dice"] <= 1.0
+
+
+def test_validation_runs_the_engine_over_whole_crops_of_cases_apart_from_training(cache, tmp_path):
+    """Scores are those of the engine's sliding window (its overlap, blending, the tumor models
+    inside kidney and tumor) over the whole crop of the validation cache's case, with the weights
+    model.pt keeps: validating on sampled training patches gives other numbers."""
+    validation = tmp_path / "validation"
+    write_synthetic_case(validation, "case_00100", shift_x=20, seed=9)
+    config = load_config("T-vnet", "paper", {**TINY, "iterations": 4, "patch_size": [16, 32, 32]})
+    out = tmp_path / "run"
+    summary = train(config, _options(cache, out, val_cache=validation))
+    assert summary["validation_cases"] == ["case_00100"] and summary["validation_held_out"]
+    assert not set(summary["training_cases"]) & {"case_00100"}
+    assert [h["iteration"] for h in summary["history"]] == [2, 4]
+    chosen = summary["chosen"]
+    assert chosen == max(summary["history"], key=lambda h: h["val_dice"])
+    network = config.spec.build(config.base_channels)
+    network.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    case = open_cache(validation)[0]
+    labels = np.asarray(case.labels)
+    probability = sliding_window_predict(np.asarray(case.image, np.float32), make_predictor(network, "cpu"),
+                                         (32, 64, 64), InferenceOptions().overlap, region=labels > 0)[0]
+    called, tumor = (probability >= 0.5) & (labels > 0), labels == 2
+    tp, fp, fn = (called & tumor).sum(), (called & ~tumor).sum(), (~called & tumor).sum()
+    assert chosen["val_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-9)
+    assert chosen["val_healthy_called_tumor"] == pytest.approx((called & (labels == 1)).sum() / (labels == 1).sum())
+    with pytest.raises(ValueError, match="is the training cache"):
+        train(config, _options(cache, tmp_path / "again", val_cache=cache))
 
 
 @pytest.mark.parametrize("half", [False, True])

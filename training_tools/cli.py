@@ -36,6 +36,9 @@ def _add_phantoms(commands: argparse._SubParsersAction) -> None:
                         help="mask (default): the mask's own grid; drawn: a training phantom's field of view "
                         "(more body, a window that may cut, miss or be short); short: always a 45-150 mm window "
                         "through the kidneys, as a scan of a few centimetres")
+    parser.add_argument("--no-tumor", action="store_true",
+                        help="render each mask's tumor as kidney and label it kidney: tumor-free cases with the same "
+                        "kidneys, to measure how much healthy kidney a bundle calls tumor")
     parser.set_defaults(run=_cmd_phantoms)
 
 
@@ -55,7 +58,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         logger.error("%d case folder(s) exist in %s (%s ...); use --overwrite", len(existing), args.out, names)
         return 1
     make_phantoms(masks, args.out, seed=args.seed, progress=True, style=style_named(args.style),
-                  field_of_view=args.field_of_view)
+                  field_of_view=args.field_of_view, tumor=not args.no_tumor)
     logger.info("wrote %d phantom case(s) to %s", len(masks), args.out)
     return 0
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training_tools.phantom_style import DEFAULT_STYLE, STYLES
+from training_tools.phantom_style import DEFAULT_STYLE, HEALTHY_SHARE, STYLES
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +94,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                         help="start from these weights (a run's model.pt or a bundle's ROLE.pt): fine-tuning")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
-                        help="mixed precision on GPU (default auto: bf16 where supported)")
+                        help="mixed precision (default auto: bf16 or fp16 on a GPU, float32 on the CPU; bf16 on the CPU uses AVX-512 BF16 / AMX)")
     parser.add_argument("--fold", type=_fold, default=0, help="held-out fold 0-4 (default 0), or 'all' to train on every case")
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold split (default 0)")
+    parser.add_argument("--val-cache", type=Path, default=None, metavar="DIR",
+                        help="validate on this cache's cases (not training cases; e.g. phantoms of other masks) "
+                        "instead of the held-out fold; the best whole-crop validation chooses the weights")
     parser.add_argument("--time-budget-s", type=float, default=None, help="lower the iterations to end within this time")
     parser.add_argument("--stop-after", type=int, default=None, help="leave after N iterations with a checkpoint")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -116,7 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache=args.cache, out=args.out, resume=args.resume, device=args.device, amp=args.amp, fold=args.fold,
         folds=args.folds, split_seed=args.split_seed, time_budget_s=args.time_budget_s, stop_after=args.stop_after,
         threads=args.threads, loader_threads=args.loader_threads, tensorboard=not args.no_tensorboard,
-        progress=args.progress, init_weights=args.init_weights,
+        progress=args.progress, init_weights=args.init_weights, val_cache=args.val_cache,
     )
     summary = train(config, options)
     logger.info("%s: iteration %d/%d%s", summary["role"], summary["iteration"], summary["total_iterations"],
@@ -249,6 +252,9 @@ def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
                         help=f"phantom generator style (default {DEFAULT_STYLE}: appearance drawn well beyond real CT)")
     parser.add_argument("--variants", type=int, default=1, help="training phantoms per mask (default 1)")
+    parser.add_argument("--healthy-share", type=float, default=HEALTHY_SHARE,
+                        help=f"share of training phantoms whose tumor is rendered as kidney, so the tumor models "
+                        f"learn healthy kidneys (default {HEALTHY_SHARE}; 0 = the paper's tumor cases only)")
     parser.add_argument("--init-bundle", type=Path, default=None, metavar="DIR",
                         help="start every model from this bundle's weights (fine-tuning; same widths)")
     parser.add_argument("--roles", default=None, metavar="R1,R2",
@@ -262,6 +268,6 @@ def _cmd_demo_bundle(args: argparse.Namespace) -> int:
     demo_bundle(DemoOptions(masks=args.masks, work=args.work, out=args.out, device=args.device, preset=args.preset,
                             workers=args.workers, jobs=args.jobs, eval_cases=args.eval_cases, seed=args.seed,
                             budget_minutes=args.budget_minutes, overwrite=args.overwrite, style=args.style,
-                            variants=args.variants, init_bundle=args.init_bundle,
+                            variants=args.variants, healthy_share=args.healthy_share, init_bundle=args.init_bundle,
                             roles=tuple(args.roles.split(",")) if args.roles else None))
     return 0

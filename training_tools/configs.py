@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from KidneyTumorSegLib.networks.registry import ROLES, RoleSpec
 
+from .losses import SEGMENTATION_LOSSES
 from .samplers import TUMOR_BOX_PADDINGS
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,11 @@ class TrainConfig:
     ``patch_size`` None = the role's patch (SPEC §2); ``patches_per_case`` None = the SPEC count
     (100 stage 1, 200 KT / K, 100 T; 2D models use every tumor slice). ``augmentation`` None =
     off (the paper uses none), else the fields of :class:`training_tools.augment.Augmentation`.
-    ``loss_weights``: weights of the segmentation loss and the WMSE regression loss.
-    ``kidney_patch_fraction`` (T-vnet, T-unet; 0 = SPEC): share of patches centred on random
-    kidney or tumor voxels of the crop instead of inside the expanded tumor box.
+    ``loss_weights``: weights of the segmentation loss, of the WMSE regression loss and, under
+    the ``"dice+bce"`` segmentation loss, of its voxel-wise BCE term (``"voxel"``).
+    ``inference_window_fraction`` (tumor models; 0 = the paper): share of the windows (3D
+    patches, 2D slices) drawn anywhere in the case's crop, as inference meets the model, instead
+    of around the tumor (SPEC §2, revised).
     ``tumor_box_padding`` (T-vnet, T-unet): what fills a patch outside the expanded tumor box,
     ``"image"`` (SPEC, revised: the crop's own voxels and labels there, as the model
     sees them at inference, where it runs over the whole kidney crop).
@@ -54,12 +57,11 @@ class TrainConfig:
     patch_size: tuple[int, ...] | None = None
     patches_per_case: int | None = None
     val_interval: int = 1000
-    val_samples_per_case: int = 4
     checkpoint_interval: int = 1000
     log_interval: int = 10
     augmentation: dict[str, Any] | None = None
     seed: int = 0
-    kidney_patch_fraction: float = 0.0
+    inference_window_fraction: float = 0.0
     tumor_box_padding: str = "image"
 
     def __post_init__(self) -> None:
@@ -70,16 +72,17 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "base_channels", "val_interval", "checkpoint_interval", "log_interval"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{self.role}: {name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.kidney_patch_fraction <= 1.0:
-            raise ValueError(f"{self.role}: kidney_patch_fraction must lie in [0, 1], got {self.kidney_patch_fraction}")
-        if self.kidney_patch_fraction and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
-            raise ValueError(f"{self.role}: kidney_patch_fraction applies to T-vnet and T-unet only")
+        if not 0.0 <= self.inference_window_fraction <= 1.0:
+            raise ValueError(f"{self.role}: inference_window_fraction must lie in [0, 1], got {self.inference_window_fraction}")
+        if self.inference_window_fraction and self.spec.task != "tumor":
+            raise ValueError(f"{self.role}: inference_window_fraction applies to the tumor models only")
         if self.tumor_box_padding not in TUMOR_BOX_PADDINGS:
             raise ValueError(f"{self.role}: tumor_box_padding must be one of {TUMOR_BOX_PADDINGS}, got {self.tumor_box_padding!r}")
         if self.tumor_box_padding != "image" and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
             raise ValueError(f"{self.role}: tumor_box_padding applies to T-vnet and T-unet only")
-        if self.segmentation_loss not in ("dice", "bce"):
-            raise ValueError(f"{self.role}: segmentation_loss must be 'dice' or 'bce', got {self.segmentation_loss!r}")
+        if self.segmentation_loss not in SEGMENTATION_LOSSES:
+            raise ValueError(f"{self.role}: segmentation_loss must be one of {', '.join(SEGMENTATION_LOSSES)}, "
+                             f"got {self.segmentation_loss!r}")
 
     @property
     def spec(self) -> RoleSpec:
@@ -105,8 +108,9 @@ class TrainConfig:
             notes.append(f"segmentation loss {self.segmentation_loss} (SPEC {spec.loss})")
         if self.effective_patch_size != tuple(spec.patch_size):
             notes.append(f"patch {self.effective_patch_size} (SPEC {tuple(spec.patch_size)})")
-        if self.kidney_patch_fraction:
-            notes.append(f"{self.kidney_patch_fraction:g} of the patches centred on kidney (SPEC: all in the expanded tumor box)")
+        if self.inference_window_fraction:
+            notes.append(f"{self.inference_window_fraction:g} of the windows drawn anywhere in the crop, as inference "
+                         "meets the model (the paper: all around the tumor)")
         if self.tumor_box_padding != "image":
             notes.append("zeros around the expanded tumor box (SPEC: the image's own voxels)")
         if self.augmentation:

@@ -41,8 +41,9 @@ from .cache import case_arrays, default_workers, is_complete, run_parallel, thre
 from .configs import load_config, load_preset
 from .evaluate import evaluate_bundle
 from .export import export_bundle
-from .phantom_style import DEFAULT_STYLE, style_named
-from .phantoms import case_name, case_seed, find_masks, labels_on_ipl_axes, make_phantom_case, make_training_phantom
+from .phantom_style import DEFAULT_STYLE, HEALTHY_SHARE, style_named
+from .phantoms import (case_name, case_seed, find_masks, is_healthy_phantom, labels_on_ipl_axes, make_phantom_case,
+                       make_training_phantom, without_tumor)
 from .train import RUN_NAME
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class DemoOptions:
     overwrite: bool = False
     style: str = DEFAULT_STYLE
     variants: int = 1
+    healthy_share: float = HEALTHY_SHARE
     init_bundle: Path | None = None
     roles: tuple[str, ...] | None = None
 
@@ -92,23 +94,28 @@ def variant_name(mask_path: Path, variant: int) -> str:
     return case_name(mask_path) + (f"_v{variant}" if variant else "")
 
 
-def cache_phantom(job: tuple[Path, Path, int, str, int]) -> tuple[str, str | None]:
+def cache_phantom(job: tuple[Path, Path, int, str, int, float]) -> tuple[str, str | None]:
     """Build one training phantom on the working frame and cache it (skipped when cached); (case id, error).
 
     The mask goes to the working frame (nearest), the phantom is painted there with a drawn field
-    of view (``make_training_phantom``); a window without kidney caches stage 1's arrays only.
+    of view (``make_training_phantom``); a window without kidney caches stage 1's arrays only. A
+    ``healthy_share`` of the phantoms (``is_healthy_phantom``) render and label their tumor as kidney.
     """
-    mask_path, cache_dir, seed, style, variant = job
+    mask_path, cache_dir, seed, style, variant, healthy_share = job
     name = variant_name(mask_path, variant)
     try:
         if not is_complete(cache_dir / name):
             labels, affine, _ = ipl_labels(mask_path)
+            healthy = is_healthy_phantom(seed, name, healthy_share)
+            if healthy:
+                labels = without_tumor(labels)
             frame = working_frame_for(labels.shape, affine)
             working = to_working_frame(labels, frame, order=0, dtype=np.uint8)
             rng = np.random.default_rng(case_seed(seed, name))
             ct, labels, _ = make_training_phantom(working, frame.spacing, rng, style_named(style))
             arrays, meta = case_arrays(normalize_hu(ct), labels, allow_empty=True)
-            meta["source"] = {"phantom_of": mask_path.name, "seed": seed, "style": style, "variant": variant}
+            meta["source"] = {"phantom_of": mask_path.name, "seed": seed, "style": style, "variant": variant,
+                              "healthy": healthy}
             write_case(cache_dir, name, arrays, meta)
         return name, None
     except Exception as error:  # one bad mask must not stop the others
@@ -134,14 +141,14 @@ def _phantom_job(job: tuple) -> tuple[str, str | None]:
 
 
 def build_data(masks: list[Path], eval_cases: int, cache_dir: Path, eval_dir: Path, seed: int, workers: int,
-               style: str = DEFAULT_STYLE, variants: int = 1) -> None:
-    """Training cache (``variants`` phantoms per training mask) and held-out phantoms, in parallel
-    (held-out ones first: they take longest to write)."""
+               style: str = DEFAULT_STYLE, variants: int = 1, healthy_share: float = 0.0) -> None:
+    """Training cache (``variants`` phantoms per training mask, ``healthy_share`` of them without
+    tumor) and held-out phantoms, in parallel (held-out ones first: they take longest to write)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     eval_dir.mkdir(parents=True, exist_ok=True)
     held, training = masks[len(masks) - eval_cases:], masks[:len(masks) - eval_cases]
     jobs = [("eval", m, eval_dir, seed, style) for m in held]
-    jobs += [("train", m, cache_dir, seed, style, v) for v in range(variants) for m in training]
+    jobs += [("train", m, cache_dir, seed, style, v, healthy_share) for v in range(variants) for m in training]
     for name, error in run_parallel(_phantom_job, jobs, workers, "phantoms"):
         if error:
             logger.error("%s: left out (%s)", name, error)
@@ -248,7 +255,8 @@ def demo_bundle(options: DemoOptions) -> dict[str, Any]:
     work = options.work
     cache_dir, eval_dir, runs_dir = work / "cache", work / "eval_phantoms", work / "runs"
     workers = options.workers or default_workers()
-    build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, workers, options.style, options.variants)
+    build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, workers, options.style, options.variants,
+               options.healthy_share)
     logger.info("data ready after %.0f s", time.time() - started)
     train_deadline = None if deadline is None else deadline - eval_reserve_s(device.type, options.eval_cases, workers)
     runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or default_jobs(device.type), train_deadline,
@@ -296,6 +304,7 @@ def _demo_metadata(options: DemoOptions, preset: str, masks: list[Path], held_ou
             "phantom_seed": options.seed,
             "phantom_style": options.style,
             "phantoms_per_mask": options.variants,
+            "healthy_phantom_share": options.healthy_share,
             "fine_tuned_from": None if options.init_bundle is None else _bundle_name(options.init_bundle),
             "training_masks": [case_name(m) for m in masks if case_name(m) not in held_out],
         },

@@ -9,7 +9,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("iteration", "lr", "loss", "seg_loss", "reg_loss", "seconds_per_iteration", "val_dice", "val_loss")
+COLUMNS = ("iteration", "lr", "loss", "seg_loss", "reg_loss", "seconds_per_iteration", "val_dice", "val_precision",
+           "val_recall", "val_healthy_called_tumor")
+"""Training scalars and the whole-crop validation scores (training_tools.validation)."""
 
 
 class ScalarLog:

@@ -43,25 +43,38 @@ def wmse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (positive_term + negative_term) / 2.0
 
 
-SEGMENTATION_LOSSES = {"dice": dice_loss, "bce": bce_loss}
+SEGMENTATION_LOSSES = ("dice", "bce", "dice+bce")
+"""The paper's soft Dice and BCE, and Dice plus a voxel-wise BCE term (SPEC §2, revised: nnU-Net's
+pairing; the BCE term gives false positives in a window without tumor their gradient)."""
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the two heads' losses in the total."""
+    """Weights of the two heads' losses in the total, and of the BCE term of ``"dice+bce"``."""
 
     segmentation: float = 1.0
     regression: float = 1.0
+    voxel: float = 1.0
+
+
+def segmentation_loss_value(logits: torch.Tensor, target: torch.Tensor, name: str, voxel_weight: float = 1.0) -> torch.Tensor:
+    """The segmentation loss ``name`` (one of :data:`SEGMENTATION_LOSSES`); ``voxel_weight``
+    scales the BCE term of ``"dice+bce"``."""
+    if name == "dice":
+        return dice_loss(logits, target)
+    if name == "bce":
+        return bce_loss(logits, target)
+    if name == "dice+bce":
+        return dice_loss(logits, target) + voxel_weight * bce_loss(logits, target)
+    raise ValueError(f"segmentation loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {name!r}")
 
 
 def total_loss(seg_logits: torch.Tensor, regression: torch.Tensor | None, seg_target: torch.Tensor,
                reg_target: torch.Tensor, segmentation_loss: str,
                weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Segmentation loss (``"dice"`` or ``"bce"``) plus WMSE of the regression head; returns the
-    total and its parts, detached, for logs (tensors: reading them waits for the device)."""
-    if segmentation_loss not in SEGMENTATION_LOSSES:
-        raise ValueError(f"segmentation loss must be one of {sorted(SEGMENTATION_LOSSES)}, got {segmentation_loss!r}")
-    seg = SEGMENTATION_LOSSES[segmentation_loss](seg_logits, seg_target)
+    """Segmentation loss (one of :data:`SEGMENTATION_LOSSES`) plus WMSE of the regression head;
+    returns the total and its parts, detached, for logs (tensors: reading them waits for the device)."""
+    seg = segmentation_loss_value(seg_logits, seg_target, segmentation_loss, weights.voxel)
     total = weights.segmentation * seg
     parts = {"seg_loss": seg.detach()}
     if regression is not None:

@@ -87,3 +87,7 @@ def style_named(name: str) -> PhantomStyle:
         return STYLES[name]
     except KeyError:
         raise ValueError(f"unknown phantom style {name!r}; expected one of {', '.join(sorted(STYLES))}") from None
+
+HEALTHY_SHARE = 0.3
+"""[D] Share of training phantoms whose tumor is rendered and labelled as kidney (SPEC §2, revised):
+KiTS19 holds tumor cases only, so without them "no tumor" is never shown to the tumor models."""

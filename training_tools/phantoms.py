@@ -29,6 +29,7 @@ from training_tools.phantom_layout import kidney_layout
 from training_tools.phantom_phases import Appearance, draw_appearance
 from training_tools.phantom_style import DEFAULT_STYLE, STYLES, PhantomStyle
 from training_tools.phantom_tissues import tissue_table
+from KidneyTumorSegLib.settings import LABEL_KIDNEY, LABEL_TUMOR
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ HU_MIN, HU_MAX = -1024, 3071
 KIDNEY_MARGIN_MM = 10.0  # the kidney boxes reach this far beyond the labels
 FOV_PROBABILITY = 0.6  # share of phantoms with a circular reconstruction field of view
 IPL = ("I", "P", "L")
+HEALTHY_STREAM = 7_000_001  # seeds the healthy-or-not draw of a training phantom apart from its painting
 
 
 @dataclass
@@ -188,6 +190,19 @@ def case_seed(seed: int, name: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), zlib.crc32(name.encode("utf-8"))])
 
 
+def without_tumor(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every tumor voxel (2) made kidney (1): the same kidneys, rendered healthy."""
+    return np.where(labels == LABEL_TUMOR, np.uint8(LABEL_KIDNEY), labels).astype(np.uint8)
+
+
+def is_healthy_phantom(seed: int, name: str, share: float) -> bool:
+    """Whether the training phantom ``name`` of run ``seed`` renders its tumor as kidney: a draw of
+    its own stream (apart from the phantom's), true for a ``share`` of the phantoms."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"healthy share must lie in [0, 1], got {share}")
+    return bool(np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8")), HEALTHY_STREAM]).random() < share)
+
+
 def find_masks(folder: str | Path) -> list[Path]:
     """KiTS19 label maps in a folder: ``case_*.nii.gz`` files and ``case_*/segmentation.nii.gz``."""
     folder = Path(folder)
@@ -239,7 +254,7 @@ def _write_atomic(img: nib.Nifti1Image, path: Path) -> None:
 
 
 def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0, style: PhantomStyle | None = None,
-                      field_of_view: str = "mask") -> Path:
+                      field_of_view: str = "mask", tumor: bool = True) -> Path:
     """Write ``out_dir/case_XXXXX/{imaging,segmentation}.nii.gz`` (KiTS19 layout) for one mask.
 
     ``field_of_view``: ``"mask"`` paints the mask's own grid and affine; ``"drawn"`` draws the
@@ -256,6 +271,8 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0,
     name = case_name(mask_path)
     img = nib.load(str(mask_path))
     ipl = labels_on_ipl_axes(img)
+    if not tumor:
+        ipl = replace(ipl, labels=without_tumor(ipl.labels))
     rng = np.random.default_rng(case_seed(seed, name))
     try:
         if field_of_view == "mask":
@@ -279,13 +296,13 @@ def make_phantom_case(mask_path: str | Path, out_dir: str | Path, seed: int = 0,
 
 def make_phantoms(
     mask_paths: Iterable[str | Path], out_dir: str | Path, seed: int = 0, progress: bool = True,
-    style: PhantomStyle | None = None, field_of_view: str = "mask",
+    style: PhantomStyle | None = None, field_of_view: str = "mask", tumor: bool = True,
 ) -> list[Path]:
     """``make_phantom_case`` for every mask, with a progress bar (tqdm, else log lines)."""
     paths = [Path(p) for p in mask_paths]
     written = []
     for path in _progress(paths, progress):
-        written.append(make_phantom_case(path, out_dir, seed, style, field_of_view))
+        written.append(make_phantom_case(path, out_dir, seed, style, field_of_view, tumor))
     return written
 
 

@@ -10,12 +10,14 @@ reaches past the cached crop (the region stage 2 sees at inference), the patch i
 - :class:`StridePatchSampler` (KT, K1, K2): ``count`` (200) patches of 32 x 128 x 128 on a
   regular stride grid of the crop (ground-truth kidney+tumor box expanded by 16 x 128 x 128).
 - :class:`TumorPatchSampler` (T-vnet, T-unet): ``count`` (100) random 32 x 64 x 64 patches
-  centred in the ground-truth tumor box expanded by 8 x 16 x 16, holding the crop's own image
-  where they reach past that box (SPEC, revised; named departures: a share centred on kidney
-  instead, or SPEC's former zero frame around the box).
+  centred at uniformly random points of the ground-truth tumor box expanded by 8 x 16 x 16,
+  holding the crop's own image where they reach past that box; a named share centred anywhere
+  in the crop, as inference meets the model (SPEC §2, revised; the former zero frame around
+  the box is a named departure).
 - :class:`TumorSliceSampler` (2D U-Nets): every slice of the crop along the model's axis that
-  holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller. The
-  boundary target is SPEC's (made per axial slice), cut along the model's axis like the image.
+  holds tumor, one random 256 x 256 window each, zero-padded where the slice is smaller, and a
+  named share of slices drawn from the whole crop. The boundary target is SPEC's (made per axial
+  slice), cut along the model's axis like the image.
 """
 from __future__ import annotations
 
@@ -165,51 +167,44 @@ class StridePatchSampler:
 
 
 class TumorPatchSampler:
-    """``count`` random windows inside the expanded tumor box (T-vnet, T-unet).
+    """``count`` random windows of the crop (T-vnet, T-unet).
 
-    ``kidney_fraction`` (0 = SPEC) of them are instead centred on a random kidney or tumor voxel
-    of the crop, so the model also sees healthy kidney, where it runs at inference; a case
-    without tumor then gives only those. ``padding``: outside the box the patch holds the
-    crop's ``"image"`` and labels (SPEC, revised) or ``"zeros"`` (the former reading, a zero frame
-    around small tumors); the window starts in the same place either way.
+    SPEC §2: each window is centred at a uniformly random point of the expanded tumor box, so the
+    tumor falls anywhere in the window and the window reaches past the box. ``inference_fraction``
+    (0 = the paper) of them are instead centred at a uniformly random point of the whole crop, as
+    inference meets the model (both kidneys, with tumor or none); a case without tumor (a healthy
+    phantom) gives only those. ``padding``: outside the box a tumor-box window holds the crop's
+    ``"image"`` and labels (SPEC, revised) or ``"zeros"`` (the former reading, a zero frame around
+    small tumors); the window is placed the same way either way.
     """
 
-    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100, kidney_fraction: float = 0.0,
+    def __init__(self, patch: Sequence[int] = (32, 64, 64), count: int = 100, inference_fraction: float = 0.0,
                  padding: str = "image"):
-        if not 0.0 <= kidney_fraction <= 1.0:
-            raise ValueError(f"kidney_fraction must lie in [0, 1], got {kidney_fraction}")
+        if not 0.0 <= inference_fraction <= 1.0:
+            raise ValueError(f"inference_fraction must lie in [0, 1], got {inference_fraction}")
         if padding not in TUMOR_BOX_PADDINGS:
             raise ValueError(f"padding must be one of {TUMOR_BOX_PADDINGS}, got {padding!r}")
         self.patch, self._count, self.padding = tuple(patch), count, padding
-        self._kidney_count = int(round(count * kidney_fraction))
+        self._inference_count = int(round(count * inference_fraction))
 
     def count(self, case: CachedCase) -> int:
         if not case.has_kidney:
             return 0
-        return self._count if case.tumor_crop_box is not None else self._kidney_count
+        return self._count if case.tumor_crop_box is not None else self._inference_count
 
     def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
         box = case.tumor_crop_box
-        if box is None or index >= self._count - self._kidney_count:
-            return _crop_sample(case, "tumor", kidney_centred_start(case.labels, self.patch, rng), self.patch)
-        start = [a + random_start(rng, n, p) for a, n, p in zip(box.start, box.size, self.patch)]
+        if box is None or index >= self._count - self._inference_count:
+            start = centred_start(Box.full(case.labels.shape), self.patch, rng)
+            return _crop_sample(case, "tumor", start, self.patch)
+        start = centred_start(box, self.patch, rng)
         return _crop_sample(case, "tumor", start, self.patch, limit=box if self.padding == "zeros" else None)
 
 
-KIDNEY_CENTRE_TRIES = 200  # random draws for a kidney or tumor voxel before falling back to the crop's centre
-
-
-def kidney_centred_start(labels: np.ndarray, patch: Sequence[int], rng: np.random.Generator) -> list[int]:
-    """Start of a ``patch`` window centred on a random voxel with label > 0 of ``labels`` [z, y, x]
-    (rejection sampling: reads single voxels of a memory-mapped crop; the crop's centre when
-    ``KIDNEY_CENTRE_TRIES`` draws miss)."""
-    centre = [n // 2 for n in labels.shape]
-    for _ in range(KIDNEY_CENTRE_TRIES):
-        point = [int(rng.integers(n)) for n in labels.shape]
-        if labels[tuple(point)] > 0:
-            centre = point
-            break
-    return [c - p // 2 for c, p in zip(centre, patch)]
+def centred_start(region: Box, patch: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """Start of a ``patch`` window centred at a uniformly random voxel of ``region`` (the centre of
+    an even extent ``p`` is voxel ``p // 2`` of the window)."""
+    return [int(rng.integers(a, b + 1)) - p // 2 for a, b, p in zip(region.start, region.stop, patch)]
 
 
 def _crop_sample(case: CachedCase, task: str, start: Sequence[int], patch: Sequence[int],
@@ -223,19 +218,34 @@ def _crop_sample(case: CachedCase, task: str, start: Sequence[int], patch: Seque
 
 
 class TumorSliceSampler:
-    """One random ``size`` window of every crop slice along ``axis`` that holds tumor (2D U-Nets)."""
+    """2D U-Nets: one random ``size`` window of every crop slice along ``axis`` that holds tumor
+    (SPEC §2), and, as inference meets the model, slices drawn uniformly from all the crop's slices
+    along ``axis``: as many as make ``inference_fraction`` of the case's samples, or, in a case
+    without tumor, ``inference_fraction`` of its slices."""
 
-    def __init__(self, axis: str, size: Sequence[int] = (256, 256)):
+    def __init__(self, axis: str, size: Sequence[int] = (256, 256), inference_fraction: float = 0.0):
         if axis not in SLICE_AXES:
             raise ValueError(f"axis must be one of {sorted(SLICE_AXES)}, got {axis!r}")
-        self.axis, self.size = axis, tuple(size)
+        if not 0.0 <= inference_fraction <= 1.0:
+            raise ValueError(f"inference_fraction must lie in [0, 1], got {inference_fraction}")
+        self.axis, self.size, self.inference_fraction = axis, tuple(size), inference_fraction
+
+    def _inference_count(self, case: CachedCase) -> int:
+        tumor = len(case.tumor_slices(self.axis))
+        if not tumor or self.inference_fraction == 1.0:
+            return int(round(self.inference_fraction * case.labels.shape[SLICE_AXES[self.axis]]))
+        return int(round(tumor * self.inference_fraction / (1.0 - self.inference_fraction)))
 
     def count(self, case: CachedCase) -> int:
-        return len(case.tumor_slices(self.axis))
+        if not case.has_kidney:
+            return 0
+        tumor = 0 if self.inference_fraction == 1.0 else len(case.tumor_slices(self.axis))
+        return tumor + self._inference_count(case)
 
     def sample(self, case: CachedCase, index: int, rng: np.random.Generator) -> Sample:
-        position = case.tumor_slices(self.axis)[index]
         axis = SLICE_AXES[self.axis]
+        tumor = self.count(case) - self._inference_count(case)
+        position = case.tumor_slices(self.axis)[index] if index < tumor else int(rng.integers(case.labels.shape[axis]))
         take = [slice(None)] * 3
         take[axis] = position
         image, labels = case.image[tuple(take)], case.labels[tuple(take)]
@@ -246,15 +256,17 @@ class TumorSliceSampler:
 
 
 def make_sampler(spec: RoleSpec, patch_size: Sequence[int] | None = None, count: int | None = None,
-                 kidney_fraction: float = 0.0, tumor_padding: str = "image") -> Sampler:
+                 inference_fraction: float = 0.0, tumor_padding: str = "image") -> Sampler:
     """The SPEC §2 sampler of a role; ``patch_size`` / ``count`` override the role's patch and the
     samples per case (defaults: the role's patch; 100 stage 1, 200 KT / K, 100 T);
-    ``kidney_fraction`` and ``tumor_padding``: see :class:`TumorPatchSampler` (3D tumor models only)."""
+    ``inference_fraction`` (tumor models): share of windows drawn as inference meets them
+    (:class:`TumorPatchSampler`, :class:`TumorSliceSampler`); ``tumor_padding``: see
+    :class:`TumorPatchSampler` (3D tumor models only)."""
     patch = tuple(patch_size or spec.patch_size)
     if spec.architecture == "unet2d":
-        return TumorSliceSampler(spec.axis, patch)
+        return TumorSliceSampler(spec.axis, patch, inference_fraction)
     if spec.downsample_factor > 1:
         return Stage1Sampler(patch, count or 100)
     if spec.task == "tumor":
-        return TumorPatchSampler(patch, count or 100, kidney_fraction, tumor_padding)
+        return TumorPatchSampler(patch, count or 100, inference_fraction, tumor_padding)
     return StridePatchSampler(spec.task, patch, count or 200)
