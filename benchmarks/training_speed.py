@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -84,7 +85,8 @@ def main() -> int:
         parser.error(f"unknown modes {unknown}; expected some of {MODES}")
     results = {"device": str(device), "threads": args.threads, "torch": torch.__version__,
                "processor": platform.processor() or platform.machine(), "warmup": args.warmup,
-               "iterations": args.iterations, "roles": {}}
+               "iterations": args.iterations, "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+               "roles": {}}
     for role, width, batch in zip(roles, widths, batches):
         timings = {}
         for mode in modes:

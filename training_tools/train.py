@@ -61,6 +61,7 @@ BEST_NAME = "best.pt"
 RUN_NAME = "run.json"
 CONFIG_NAME = "config.json"
 TRAIN_SET_VALIDATION_CASES = 3  # without held-out cases, the curves score this many training cases
+MAX_SKIPPED_STEPS = 20  # non-finite steps in a row before a run stops
 BUDGET_WARMUP = 3  # iterations before the speed used by a time budget is measured
 BUDGET_MEASURE = 10  # iterations the speed is measured over
 BUDGET_RESERVE = 0.1  # share of the remaining time kept for validation, checkpoints and export
@@ -107,6 +108,7 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)  # when this process began the run
     init_weights: str | None = None  # the weights the run started from (fine-tuning), else None
     best: dict[str, float] | None = None  # the validation whose weights are in best.pt
+    skipped_in_a_row: int = 0  # optimizer steps left out for a non-finite gradient, consecutively
 
 
 def train(config: TrainConfig, options: TrainOptions) -> dict[str, Any]:
@@ -191,7 +193,11 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
             scaler.update()
         else:
             loss.backward()
-            optimizer.step()
+            if gradients_finite(network):
+                optimizer.step()
+                state.skipped_in_a_row = 0
+            else:
+                _skip_step(config, state)
         state.iteration += 1
         for key in sums:
             sums[key] += parts.get(key, 0.0)
@@ -217,6 +223,22 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
             _checkpoint(config, options, context, network, optimizer, scaler, state)
     if bar is not None:
         bar.close()
+
+
+def gradients_finite(network: nn.Module) -> bool:
+    """Whether every gradient of ``network`` is finite (after DDP's all-reduce the same on every
+    rank, so all ranks skip a step together)."""
+    gradients = [p.grad for p in network.parameters() if p.grad is not None]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(gradients))) if gradients else True
+
+
+def _skip_step(config: TrainConfig, state: RunState) -> None:
+    """Leave the weights as they are after a non-finite gradient; stop after ``MAX_SKIPPED_STEPS`` in a row."""
+    state.skipped_in_a_row += 1
+    logger.warning("%s: iteration %d: non-finite loss or gradient, step skipped", config.role, state.iteration + 1)
+    if state.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+        raise FloatingPointError(f"{config.role}: {MAX_SKIPPED_STEPS} non-finite steps in a row at iteration "
+                                 f"{state.iteration + 1}: lower the learning rate or leave bf16 off")
 
 
 def _validate(config: TrainConfig, options: TrainOptions, context: Distributed, network: nn.Module,
