@@ -73,7 +73,8 @@ def read_log(path: Path) -> list[dict[str, float]]:
 
 
 def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
-    """PNG of the loss (with its parts), the learning rate and the validation Dice against iteration."""
+    """PNG of the loss (with its parts), the learning rate and the whole-crop validation (Dice,
+    precision, recall, healthy kidney called tumor) against iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,8 +87,9 @@ def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     axes[0].set_title("training loss")
     _plot(axes[1], rows, "lr")
     axes[1].set_title("learning rate")
-    _plot(axes[2], rows, "val_dice", marker="o")
-    axes[2].set_title("validation Dice")
+    for key in ("val_dice", "val_precision", "val_recall", "val_healthy_called_tumor"):
+        _plot(axes[2], rows, key, marker="o")
+    axes[2].set_title("whole-crop validation")
     axes[2].set_ylim(0, 1)
     for axis in axes:
         axis.set_xlabel("iteration")
