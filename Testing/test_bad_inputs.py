@@ -337,3 +337,55 @@ def test_no_kidney_found_suggests_the_whole_volume(tmp_path: Path, capsys) -> No
     assert list((tmp_path / "out").iterdir()) == []
     code, _, _ = _run(tmp_path, blind, {"--box": "full"}, capsys)
     assert code == 0 and nib.load(tmp_path / "out" / "seg.nii.gz").shape == SHAPE
+
+
+def _link_to(folder: Path, kind: str) -> Path:
+    """``folder/out/seg.nii.gz`` as the input itself, or a symbolic or hard link to it."""
+    if kind == "same path":
+        return folder / "ct.nii.gz"
+    link = folder / "out" / "seg.nii.gz"
+    link.parent.mkdir(exist_ok=True)
+    (link.symlink_to if kind == "symbolic link" else link.hardlink_to)(folder / "ct.nii.gz")
+    return link
+
+
+@pytest.mark.parametrize("kind", ["same path", "symbolic link", "hard link"])
+@pytest.mark.parametrize("option", ["-o", "--report", "--uncertainty"])
+def test_an_output_that_is_the_input_is_refused_even_with_overwrite(kind: str, option: str, bundle: Path, tmp_path: Path,
+                                                                   capsys, model_runs) -> None:
+    original = _good(tmp_path).read_bytes()
+    output = _link_to(tmp_path, kind)
+    changes = {option: output, "--overwrite": None}
+    if option != "-o":
+        changes["-o"] = tmp_path / "out" / "labels.nii.gz"
+    code, out, err = _run(tmp_path, bundle, changes, capsys)
+    assert code == 1 and err.splitlines() == [f"kidneytumorseg: error: {output}: is the input {tmp_path / 'ct.nii.gz'}"
+                                              + ("" if kind == "same path" else ", through a link")
+                                              + "; write the output under another name (--overwrite never replaces an input)"]
+    assert (tmp_path / "ct.nii.gz").read_bytes() == original and output.read_bytes() == original and model_runs == []
+    assert not (tmp_path / "out" / "labels.nii.gz").exists()
+
+
+def test_the_box_file_is_an_input_too(bundle: Path, tmp_path: Path, capsys, model_runs) -> None:
+    _good(tmp_path)
+    box = tmp_path / "box.json"
+    box.write_text(json.dumps({"ijk": [[0, 15], [0, 47], [0, 47]]}), encoding="utf-8")
+    code, _, err = _run(tmp_path, bundle, {"--box": box, "--report": box, "--overwrite": None}, capsys)
+    assert code == 1 and f"{box}: is the input {box};" in err
+    assert json.loads(box.read_text(encoding="utf-8")) == {"ijk": [[0, 15], [0, 47], [0, 47]]} and model_runs == []
+
+
+def test_two_outputs_of_one_name_are_refused(bundle: Path, tmp_path: Path, capsys, model_runs) -> None:
+    _good(tmp_path)
+    seg = tmp_path / "out" / "seg.nii.gz"
+    _check_refused(*_run(tmp_path, bundle, {"--uncertainty": seg}, capsys), f"{seg}: given for two outputs", tmp_path,
+                   model_runs)
+
+
+@pytest.mark.parametrize("kind", ["same path", "symbolic link"])
+def test_locate_refuses_to_write_over_its_input(kind: str, bundle: Path, tmp_path: Path, capsys, model_runs) -> None:
+    original = _good(tmp_path).read_bytes()
+    output = _link_to(tmp_path, kind)
+    code, _, err = _run(tmp_path, bundle, {"-o": output, "--overwrite": None}, capsys, "locate")
+    assert code == 1 and len(err.splitlines()) == 1 and "is the input" in err
+    assert (tmp_path / "ct.nii.gz").read_bytes() == original and model_runs == []

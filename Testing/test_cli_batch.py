@@ -5,6 +5,7 @@ The bundle holds tiny steered networks (cli_helpers): a case takes well under a 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -54,6 +55,10 @@ def case_folder(folder: Path, files: dict[str, Path], good: tuple[str, ...], bad
 def summary(path: Path) -> dict[str, dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def summary_of(text: bytes) -> dict[str, dict[str, str]]:
+    return {row["case"]: row for row in csv.DictReader(io.StringIO(text.decode("utf-8"), newline=""))}
 
 
 def stamps(folder: Path) -> dict[str, int]:
@@ -140,22 +145,83 @@ def test_rerun_resume_and_overwrite(files, tmp_path: Path, capsys, caplog) -> No
 
     case_folder(cases, files, ("bad",))  # the bad case is fixed
     code, _, _ = run(capsys, "batch", cases, results, "--resume", *model_args(files))
-    assert code == 0 and "wrote summary-2.csv beside it" in caplog.text
-    assert (results / "summary.csv").read_bytes() == first_summary  # the earlier summary is kept ...
-    rows = summary(results / "summary-2.csv")  # ... the new one holds every case, the earlier figures too
+    assert code == 0
+    rows = summary(results / "summary.csv")  # the folder's current truth: every case, the earlier figures too
     assert [(case, row["status"]) for case, row in rows.items()] == [("bad", "ok"), ("good", "ok")]
-    assert rows["good"]["kidney_ml"] == summary(results / "summary.csv")["good"]["kidney_ml"]
+    assert rows["good"] == summary_of(first_summary)["good"]
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv"]  # a mended failure keeps nothing
     assert not (results / "bad.failed.json").exists()  # the failure is over
 
-    assert run(capsys, "summarize", results)[0] == 0 and not (results / "summary-3.csv").exists()  # no repeat
-    assert run(capsys, "summarize", results, "--overwrite")[0] == 0
-    assert (results / "summary.csv").read_bytes() == (results / "summary-2.csv").read_bytes()
+    written = (results / "summary.csv").read_bytes()
+    assert run(capsys, "summarize", results)[0] == 0 and (results / "summary.csv").read_bytes() == written  # no repeat
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv"]
 
     before = stamps(results)
     assert run(capsys, "batch", cases, results, "--overwrite", *model_args(files))[0] == 0
     after = stamps(results)
     assert all(after[name] > before[name] for name in ("good.nii.gz", "good.json", "bad.nii.gz", "bad.json"))
     no_leftovers(results)
+
+
+def test_the_summary_is_rebuilt_and_the_earlier_kept_only_when_figures_changed(files, tmp_path: Path, capsys, caplog) -> None:
+    cases = case_folder(tmp_path / "cases", files, ("a", "b", "c"))
+    results = tmp_path / "results"
+    assert run(capsys, "batch", cases, results, *model_args(files))[0] == 0
+    first = (results / "summary.csv").read_bytes()
+
+    report = json.loads((results / "a.json").read_text(encoding="utf-8"))
+    report["seconds"]["total"] += 5.0  # a rerun's timing alone: no figure changed
+    (results / "a.json").write_text(json.dumps(report), encoding="utf-8")
+    assert run(capsys, "summarize", results)[0] == 0
+    assert summary(results / "summary.csv")["a"]["seconds"] == str(report["seconds"]["total"])
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv"]
+
+    timed = (results / "summary.csv").read_bytes()
+    report["measurements"]["kidney_ml"]["total"] += 10.0  # a's figures changed ...
+    (results / "a.json").write_text(json.dumps(report), encoding="utf-8")
+    (results / "c.json").unlink()  # ... and c's record is gone
+    (results / "c.nii.gz").unlink()
+    assert run(capsys, "summarize", results)[0] == 0
+    assert "kept it as summary.earlier-1.csv" in caplog.text
+    assert (results / "summary.earlier-1.csv").read_bytes() == timed  # the earlier summary, whole
+    rows = summary(results / "summary.csv")  # the folder's current truth
+    assert list(rows) == ["a", "b"] and float(rows["a"]["kidney_ml"]) == round(float(summary_of(first)["a"]["kidney_ml"]) + 10, 2)
+    assert run(capsys, "summarize", results)[0] == 0  # nothing changed since: nothing more kept
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv", "summary.earlier-1.csv"]
+
+    report["measurements"]["kidney_ml"]["total"] += 1.0
+    (results / "a.json").write_text(json.dumps(report), encoding="utf-8")
+    assert run(capsys, "summarize", results, "--overwrite")[0] == 0  # asked not to keep it
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv", "summary.earlier-1.csv"]
+    no_leftovers(results)
+
+
+def test_colliding_case_names_are_refused_before_any_work(files, tmp_path: Path, capsys) -> None:
+    cases = case_folder(tmp_path / "cases", files, ("case_a", "Case_B", "case_b", "c"))
+    (cases / "case_a.nii").write_bytes(nib.load(files["ct"]).to_bytes())
+    (cases / "case_a").mkdir()
+    (cases / "case_a" / "imaging.nii.gz").write_bytes(files["ct"].read_bytes())
+    code, out, err = run(capsys, "batch", cases, tmp_path / "results", *model_args(files, "json"))
+    assert code == EXIT_FAILURE and out == "" and err.splitlines() == [
+        f"kidneytumorseg: error: 2 case name(s) given by more than one input, whose results would take one name: "
+        f"{cases / 'Case_B.nii.gz'} and {cases / 'case_b.nii.gz'}; {cases / 'case_a'  / 'imaging.nii.gz'} and "
+        f"{cases / 'case_a.nii'} and {cases / 'case_a.nii.gz'}; rename or move all but one of each"]
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("option", ["--overwrite", "--resume"])
+def test_a_batch_into_its_own_input_folder_never_replaces_an_input(option: str, files, tmp_path: Path, capsys) -> None:
+    cases = case_folder(tmp_path / "cases", files, ("a", "b"))
+    linked = tmp_path / "results"
+    linked.mkdir()
+    (linked / "b.nii.gz").symlink_to(cases / "b.nii.gz")  # an output that is a link to an input
+    original = files["ct"].read_bytes()
+    for out, name in ((cases, "a.nii.gz"), (linked, "b.nii.gz")):
+        code, _, err = run(capsys, "batch", cases, out, option, *model_args(files))
+        assert code == EXIT_FAILURE and len(err.splitlines()) == 1 and f"{out / name}: is the input" in err
+        assert sorted(p.name for p in cases.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+        assert all((cases / n).read_bytes() == original for n in ("a.nii.gz", "b.nii.gz"))
+    assert [p.name for p in linked.iterdir()] == ["b.nii.gz"]
 
 
 def test_summarize_needs_case_records(tmp_path: Path, capsys) -> None:
@@ -239,8 +305,9 @@ def test_the_summary_holds_each_review_and_triage_puts_the_most_doubtful_first(f
         assert float(row["review_score"]) == report["uncertainty"]["score"]
         assert row["review"] == ("yes" if report["review"] else "no")
         assert float(row["disputed_ml"]) == report["uncertainty"]["disputed_ml"]
-    assert run(capsys, "summarize", results)[0] == EXIT_CASES_FAILED  # by case name: a new summary beside it
-    assert list(summary(results / "summary-2.csv")) == ["a", "b", "c", "d"]
+    assert run(capsys, "summarize", results)[0] == EXIT_CASES_FAILED  # by case name: the same rows reordered
+    assert list(summary(results / "summary.csv")) == ["a", "b", "c", "d"]
+    assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv"]  # nothing kept: no figure changed
 
 
 def test_triaged_puts_the_most_doubtful_first_and_unscored_rows_last() -> None:

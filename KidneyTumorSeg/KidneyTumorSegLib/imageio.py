@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,10 @@ class ImageReadError(ValueError):
 
 class OutputExistsError(FileExistsError):
     """An output exists and overwriting was not asked for."""
+
+
+class OutputIsInputError(ValueError):
+    """An output names an input file (or a link to it); never replaced, ``--overwrite`` or not."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,32 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OSError(f"{path.parent}: output folder does not exist")
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"{path.parent}: output folder is not writable")
+
+
+def _file_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names, following links; None when it does not exist."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def refuse_input_as_output(outputs: Iterable[Path | None], inputs: Iterable[Path | None]) -> None:
+    """Fail before any work when an output names an input file (the same path, or a symbolic or
+    hard link to it): ``--overwrite`` never replaces an input. None entries are skipped."""
+    input_ids: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        key = None if path is None else _file_id(path)
+        if key is not None:
+            input_ids.setdefault(key, Path(path))
+    for output in outputs:
+        given = input_ids.get(_file_id(output)) if output is not None else None
+        if given is not None:
+            same_name = os.path.abspath(output) == os.path.abspath(given)
+            shown = str(given) if same_name else f"{given}, through a link"
+            raise OutputIsInputError(f"{output}: is the input {shown}; write the output under another name "
+                                     "(--overwrite never replaces an input)")
 
 
 @contextlib.contextmanager

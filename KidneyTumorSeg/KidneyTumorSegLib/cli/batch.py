@@ -17,7 +17,7 @@ import torch
 
 from ..bundle import ModelBundle
 from ..cascade import Cascade
-from ..imageio import OutputExistsError, atomic_output, read_image
+from ..imageio import OutputExistsError, atomic_output, read_image, refuse_input_as_output
 from ..validation import check_ct
 from .cases import find_cases
 from .exits import EXIT_CASES_FAILED, EXIT_OK
@@ -37,11 +37,12 @@ results of these cases is refused unless --resume (run only the others) or --ove
 
 summary.csv: one row per case record in the output folder (status, seconds, whether any kidney was
 found, kidney and tumor mL, tumor count, largest tumor diameter, review score, whether the case
-needs review, disputed mL, error), so a resumed or sharded run loses no row; --triage orders it
-by review score, most doubtful first. When a summary.csv with other rows exists, the new summary
-goes beside it as summary-2.csv (-3, ...) unless --overwrite. Shards (--shard, torchrun, Slurm
-arrays) share one output folder; the last one to finish writes the summary, or run
-`kidneytumorseg summarize OUT`.
+needs review, disputed mL, error), rebuilt from all of them at the end of every run and replaced
+atomically, so it says what the folder holds now and a resumed or sharded run loses no row;
+--triage orders it by review score, most doubtful first. When the earlier summary.csv held figures
+of a finished case that changed or are gone, it is kept beside it as summary.earlier-1.csv (-2, ...).
+Shards (--shard, torchrun, Slurm arrays) share one output folder; the last one to finish writes
+the summary, or run `kidneytumorseg summarize OUT`.
 
 Exit code: 0 every case of this run is done (now or before); 3 some cases failed (in the summary;
 the others are written); 1 an error before any case ran (nothing written); 2 a usage error;
@@ -76,6 +77,11 @@ def report_path(folder: Path, case: str) -> Path:
     return folder / f"{case}.json"
 
 
+def case_outputs(folder: Path, case: str) -> tuple[Path, Path, Path]:
+    """Every file a case may write: its label map, its report and its failure record."""
+    return label_path(folder, case), report_path(folder, case), failure_path(folder, case)
+
+
 def refuse_existing_results(folder: Path, cases: list[str], resume: bool, overwrite: bool) -> None:
     """Before any work: without --resume or --overwrite, a folder holding results of ``cases`` is refused."""
     if resume or overwrite:
@@ -97,6 +103,7 @@ def run_batch(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"{out}: output folder is not writable")
+    refuse_input_as_output((path for case in cases for path in case_outputs(out, case)), found.values())
     refuse_existing_results(out, cases, args.resume, args.overwrite)
     args.device = shard_device(args.device, os.environ, torch.cuda.device_count())
     options = inference_options(args)
@@ -150,7 +157,7 @@ def finish(out: Path, found: dict[str, Path], shard: Shard, failed: int, args: a
         logger.info("shard %s done; %d of the %d cases have no result yet: the last shard to finish, or "
                     "`kidneytumorseg summarize %s`, writes the summary", shard, len(waiting), len(found), out)
     else:
-        report_summary(*write_summary(out, args.overwrite, args.triage))
+        report_summary(*write_summary(out, args.triage))
     if args.progress == "json":
         print(json.dumps({"type": "done", "output": str(out)}), flush=True)
     return EXIT_CASES_FAILED if failed else EXIT_OK

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from ..bundle import ModelBundle, default_bundle_path, load_bundle
 from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
 from ..crop_values import crop_to_frame, crop_to_source
 from ..geometry import WorkingFrame, working_frame_for
-from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_image, write_label_map
+from ..imageio import (Image, atomic_output, check_output_path, image_suffix, read_image, refuse_input_as_output, write_image,
+                       write_label_map)
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
 from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, rounded, stage1_json
@@ -149,12 +151,16 @@ def open_bundle(args: argparse.Namespace) -> ModelBundle:
     return bundle
 
 
-def refuse_existing(paths: list[Path | None], overwrite: bool) -> None:
-    """Fail before any work when an output exists and ``--overwrite`` was not given, is a
-    folder, or its folder is missing or not writable."""
-    for path in paths:
-        if path is None:
-            continue
+def refuse_existing(paths: list[Path | None], overwrite: bool, inputs: list[Path | None]) -> None:
+    """Fail before any work when an output is an input (or a link to one), names the same file as
+    another output, exists and ``--overwrite`` was not given, is a folder, or its folder is
+    missing or not writable."""
+    refuse_input_as_output(paths, inputs)
+    named = [path for path in paths if path is not None]
+    for number, path in enumerate(named):
+        if any(os.path.abspath(path) == os.path.abspath(other) for other in named[:number]):
+            raise ValueError(f"{path}: given for two outputs; give each output its own name")
+    for path in named:
         if path.is_dir():
             raise IsADirectoryError(f"{path}: is a folder; give a file name")
         check_output_path(path, overwrite)
@@ -188,6 +194,11 @@ def read_checked_image(args: argparse.Namespace) -> Image:
     except InputError as error:
         raise InputError(f"{args.image}: {error}") from None
     return image
+
+
+def box_file(option: str | None) -> Path | None:
+    """The file ``--box`` names, None for no box or "full"."""
+    return None if option is None or option == "full" else Path(option)
 
 
 def read_box_option(option: str | None) -> Any:
@@ -310,7 +321,7 @@ def run_segment(args: argparse.Namespace) -> int:
     check_output_name(args.output)
     check_uncertainty_name(args.uncertainty)
     check_writers(args.output, args.qa)
-    refuse_existing([args.output, args.report, args.qa, args.uncertainty], args.overwrite)
+    refuse_existing([args.output, args.report, args.qa, args.uncertainty], args.overwrite, [args.image, box_file(args.box)])
     options = inference_options(args)
     box = read_box_option(args.box)
     image = read_checked_image(args)
@@ -332,7 +343,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_locate(args: argparse.Namespace) -> int:
     check_writers(None, args.qa)
-    refuse_existing([args.output, args.qa], args.overwrite)
+    refuse_existing([args.output, args.qa], args.overwrite, [args.image])
     options = inference_options(args)
     image = read_checked_image(args)
     bundle = open_bundle(args)

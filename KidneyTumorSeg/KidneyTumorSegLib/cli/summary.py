@@ -1,11 +1,12 @@
 """`summary.csv` of a batch output folder, rebuilt from the case records there; `summarize`.
 
 A finished case leaves ``<case>.json`` (its `segment --report`), a failed one ``<case>.failed.json``
-(its error). The summary holds one row per case record in the folder, sorted by case name (or
-with ``--triage`` by review score, most doubtful first), so a
-resumed run, or several shards writing to one folder, loses no row. An existing summary with other
-rows is never replaced without ``--overwrite``: the new one goes beside it as ``summary-2.csv``
-(``-3``, ...).
+(its error); both are kept. ``summary.csv`` is derived from them: every run rebuilds it from all
+the case records of the folder, one row per case, sorted by case name (or with ``--triage`` by
+review score, most doubtful first), and replaces it atomically, so it always says what the
+folder holds now; a resumed run, or several shards writing to one folder, loses no row. The
+summary it replaces is kept beside it (``summary.earlier-1.csv``, ...) only when that one held
+figures of a finished case that changed or are gone.
 """
 from __future__ import annotations
 
@@ -89,26 +90,68 @@ def summary_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_summary(folder: Path, overwrite: bool = False, triage: bool = False) -> tuple[Path, list[dict[str, Any]]]:
-    """Write the summary of ``folder`` (by case, or with ``triage`` most doubtful first); returns its path and rows.
+def write_summary(folder: Path, triage: bool = False, keep_earlier: bool = True) -> tuple[Path, list[dict[str, Any]]]:
+    """Rebuild ``summary.csv`` of ``folder`` from every case record there (by case, or with
+    ``triage`` most doubtful first), replacing it atomically; returns its path and rows.
 
-    ``summary.csv`` when it is new, holds these rows already, or ``overwrite``; otherwise the first
-    of ``summary-2.csv``, ``summary-3.csv``, ... that is new or holds these rows. Files are
-    created whole and exclusively, so shards finishing together neither clobber nor repeat one.
+    With ``keep_earlier``, the summary it replaces is kept beside it (``summary.earlier-1.csv``,
+    ``-2``, ...) when that one holds figures the new one does not (a row of a finished case whose
+    figures changed or that is gone); reordered rows, new rows and mended failures keep nothing.
     """
     rows = triaged(summary_rows(folder)) if triage else summary_rows(folder)
     text = summary_text(rows)
-    if overwrite:
-        with atomic_output(folder / SUMMARY_NAME, overwrite=True) as temporary:
-            temporary.write_bytes(text.encode("utf-8"))
-        return folder / SUMMARY_NAME, rows
+    path = folder / SUMMARY_NAME
+    if _holds(path, text):
+        return path, rows
+    earlier = _read_text(path)
+    if keep_earlier and earlier is not None and changed_figures(earlier, text):
+        kept = _keep(folder, earlier)
+        logger.warning("%s held other figures for some cases than their records now do: kept it as %s", path, kept.name)
+    with atomic_output(path, overwrite=True) as temporary:
+        temporary.write_bytes(text.encode("utf-8"))
+    return path, rows
+
+
+TIMING_FIELDS = ("seconds",)
+"""Summary columns that are no figures of the case: a rerun changing only them keeps no earlier summary."""
+
+
+def changed_figures(earlier: str, current: str) -> list[str]:
+    """The cases whose row of finished-case figures in the CSV ``earlier`` is gone or differs in
+    ``current`` (columns both hold, timings aside); order does not matter."""
+    before, after = _csv_rows(earlier), _csv_rows(current)
+    changed = []
+    for case, row in before.items():
+        if row.get("status") != "ok":
+            continue  # a failure holds no figures: mending it loses nothing
+        now = after.get(case)
+        shared = [field for field in row if now is not None and field in now and field not in TIMING_FIELDS]
+        if now is None or any(row[field] != now[field] for field in shared):
+            changed.append(case)
+    return changed
+
+
+def _csv_rows(text: str) -> dict[str, dict[str, str]]:
+    """Rows of a summary's CSV text by case (unparsable text: none)."""
+    try:
+        return {row["case"]: row for row in csv.DictReader(io.StringIO(text, newline="")) if row.get("case")}
+    except csv.Error:
+        return {}
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _keep(folder: Path, text: str) -> Path:
+    """``text`` as the first of ``summary.earlier-1.csv``, ``-2``, ... that is new or holds it already."""
     for number in itertools.count(1):
-        path = folder / (SUMMARY_NAME if number == 1 else f"summary-{number}.csv")
+        path = folder / f"summary.earlier-{number}.csv"
         if _holds(path, text) or _create(path, text):
-            if number > 1:
-                logger.warning("%s holds an earlier run's rows: wrote %s beside it (--overwrite replaces it)",
-                               folder / SUMMARY_NAME, path.name)
-            return path, rows
+            return path
     raise AssertionError("unreachable")
 
 
@@ -135,13 +178,15 @@ def _create(path: Path, text: str) -> bool:
 
 def add_summarize_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("summarize", help="rebuild summary.csv of a batch output folder",
-                                 description="Rebuild summary.csv from the case records of a `batch` output folder "
-                                             "(<case>.json, <case>.failed.json), e.g. after sharded runs. An existing "
-                                             "summary with other rows is kept and the new one written beside it as "
-                                             "summary-2.csv unless --overwrite. Exit code 0: every case finished; 3: "
+                                 description="Rebuild summary.csv from all the case records of a `batch` output folder "
+                                             "(<case>.json, <case>.failed.json), e.g. after sharded runs; it replaces "
+                                             "summary.csv atomically. When the earlier summary holds figures of a "
+                                             "finished case that changed or are gone, it is kept beside it as "
+                                             "summary.earlier-1.csv (-2, ...). Exit code 0: every case finished; 3: "
                                              "some failed (their errors are in the summary); 1: no case records.")
     parser.add_argument("output_dir", type=Path, help="the output folder of one or more `batch` runs")
-    parser.add_argument("--overwrite", action="store_true", help="replace summary.csv (default: keep it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="do not keep the earlier summary, even when its figures changed (default: keep it then)")
     add_triage_option(parser)
     parser.set_defaults(handler=run_summarize)
 
@@ -166,5 +211,5 @@ def run_summarize(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.output_dir}: folder not found")
     if not summary_rows(args.output_dir):
         raise ValueError(f"{args.output_dir}: no case records (<case>.json) of a batch run")
-    path, rows = write_summary(args.output_dir, args.overwrite, args.triage)
+    path, rows = write_summary(args.output_dir, args.triage, keep_earlier=not args.overwrite)
     return report_summary(path, rows)
