@@ -233,7 +233,7 @@ def test_refused_input(name: str, bundle: Path, tmp_path: Path, capsys, model_ru
     ({"ras": "nan"}, "box 'ras' must be two finite corners"),
     ({"ijk": [[0, 5], [0, 5]]}, "box 'ijk' must be three inclusive ranges"),
     ({"ijk": [[5, 0], [0, 5], [0, 5]]}, "ranges must run low to high"),
-    ({"ijk": [[0.5, 5], [0, 5], [0, 5]]}, "box 'ijk' must be three inclusive ranges"),
+    ({"ijk": [[0.5, 5], [0, 5], [0, 5]]}, "box 'ijk' must hold whole voxel indices (integers), got 0.5"),
     ({"crop": {}}, "neither 'ras' nor 'ijk'"),
     ({"ijk": [[0, 40], [0, 40], [0, 10]], "ras": [[20, 10, 0], [40, 30, 20]]},
      "the crop box's 'ijk' [[0, 40], [0, 40], [0, 10]] and 'ras' [[20, 10, 0], [40, 30, 20]] disagree"),

@@ -244,6 +244,18 @@ def test_segment_in_a_box_given_in_input_voxels(files, tmp_path: Path, capsys) -
     assert np.count_nonzero(labels) == 41 * 31 * 11
 
 
+def test_an_ijk_box_reaching_outside_is_clipped_with_a_warning_naming_it(files, tmp_path: Path, capsys, caplog) -> None:
+    box, report = tmp_path / "box.json", tmp_path / "report.json"
+    box.write_text(json.dumps({"ijk": [[20, 60], [-4, 40], [2, 99]]}), encoding="utf-8")
+    code, _, _ = run(capsys, "segment", files["ct"], "-o", tmp_path / "seg.nii.gz", "--report", report, "--box", box,
+                     "--members", "KT", *model_args(files))
+    shape = " × ".join(map(str, nib.load(files["ct"]).shape))
+    assert code == 0 and (f"--box {box}: the crop box's 'ijk' [[20, 60], [-4, 40], [2, 99]] reaches outside the image "
+                          f"({shape} voxels): clipped to [[20, 60], [0, 40], [2, 15]]") in caplog.text
+    crop = json.loads(report.read_text(encoding="utf-8"))["crop"]
+    assert crop["ijk"] == [[20, 60], [0, 40], [2, 15]] and crop["clipped_from"] == [[20, 60], [-4, 40], [2, 99]]
+
+
 # ---------------------------------------------------------------- evaluate
 
 

@@ -117,6 +117,23 @@ def test_a_failed_write_is_recorded_for_its_case_and_the_batch_goes_on(files, tm
                                                          "summary.csv"]  # b: neither label map nor report
 
 
+def test_batch_writes_each_uncertainty_map_as_segment_does(files, tmp_path: Path, capsys) -> None:
+    cases = case_folder(tmp_path / "cases", files, ("a", "b"))
+    results = tmp_path / "results"
+    assert run(capsys, "batch", cases, results, "--uncertainty", *model_args(files))[0] == 0
+    assert sorted(p.name for p in results.glob("*.uncertainty.nii.gz")) == ["a.uncertainty.nii.gz", "b.uncertainty.nii.gz"]
+    alone = tmp_path / "alone.nii.gz"
+    assert run(capsys, "segment", cases / "a.nii.gz", "-o", tmp_path / "labels.nii.gz", "--uncertainty", alone,
+               *model_args(files))[0] == 0
+    doubt = nib.load(results / "a.uncertainty.nii.gz")
+    assert doubt.shape == nib.load(cases / "a.nii.gz").shape and np.allclose(doubt.affine, nib.load(cases / "a.nii.gz").affine)
+    values = np.asarray(doubt.dataobj)
+    assert np.array_equal(values, np.asarray(nib.load(alone).dataobj)) and values.max() > 0 and values.min() >= 0
+    assert len(list(results.glob("*.nii.gz"))) == 4  # and nothing without the option
+    assert run(capsys, "batch", cases, tmp_path / "plain", *model_args(files))[0] == 0
+    assert not list((tmp_path / "plain").glob("*.uncertainty.nii.gz"))
+
+
 def test_batch_of_an_empty_folder_fails(files, tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, "batch", tmp_path, tmp_path / "out", *model_args(files))
     assert code == EXIT_FAILURE and "no images found" in err
@@ -249,6 +266,40 @@ def test_shard_option_and_environment() -> None:
             parse_shard(bad)
     with pytest.raises(ValueError, match="RANK"):
         shard_from(None, {"RANK": "x", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match=r"shards count from 0, so the last of 4 is 3/4; in a Slurm array leave --shard out"):
+        parse_shard("4/4")
+
+
+@pytest.mark.parametrize("ids", [range(0, 8), range(1, 9), range(5, 13), range(1, 16, 2)])
+def test_a_slurm_array_gives_shards_from_0_whatever_its_first_id(ids: range) -> None:
+    """``sbatch --array=0-7``, ``1-8``, ``5-12``, ``1-15:2``: Slurm sets these variables in each task."""
+    shards = []
+    for task in ids:
+        env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": str(len(ids)), "SLURM_ARRAY_TASK_MIN": str(ids[0]),
+               "SLURM_ARRAY_TASK_MAX": str(ids[-1]), "SLURM_ARRAY_TASK_STEP": str(ids.step)}
+        shards.append(shard_from(None, env))
+        del env["SLURM_ARRAY_TASK_MIN"]  # an environment without it: the first id follows from the last
+        assert shard_from(None, env) == shards[-1]
+    assert [(s.index, s.count) for s in shards] == [(k, 8) for k in range(8)]
+    names = [f"case_{n:02d}" for n in range(19)]
+    assert sorted(name for s in shards for name in s.take(names)) == names  # every case exactly once
+
+
+@pytest.mark.parametrize("task, minimum, maximum, count", [("5", "1", "5", "3"), ("9", "1", "8", "8"), ("0", "1", "8", "8")])
+def test_a_slurm_task_whose_place_is_unknown_is_refused(task: str, minimum: str, maximum: str, count: str) -> None:
+    env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": count, "SLURM_ARRAY_TASK_MIN": minimum,
+           "SLURM_ARRAY_TASK_MAX": maximum, "SLURM_ARRAY_TASK_STEP": "1"}  # --array=1,2,5; ids outside 1-8
+    with pytest.raises(ValueError, match=f"Slurm array task {task} is not one of {count} evenly spaced ids .*--shard K/N"):
+        shard_from(None, env)
+
+
+def test_help_says_shards_count_from_0_and_slurm_ids_may_start_at_1(capsys) -> None:
+    from KidneyTumorSegLib.cli.main import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["batch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "shards count from 0: --shard 0/2 and --shard 1/2" in text and "--array=0-7 and --array=1-8 both work" in text
 
 
 def test_device_auto_under_torchrun_takes_the_local_gpu() -> None:

@@ -10,7 +10,7 @@ import pytest
 from KidneyTumorSegLib.boxes import Box
 from KidneyTumorSegLib.geometry import WorkingFrame, index_to_world, working_frame_for
 from KidneyTumorSegLib.locate_result import LocateOutcome
-from KidneyTumorSegLib.report import box_from_json, box_json, stage1_json
+from KidneyTumorSegLib.report import box_from_json, box_json, crop_from_json, stage1_json
 from KidneyTumorSegLib.settings import WORKING_SPACING_ZYX
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result
 from synthetic_cases import rotation, working_affine
@@ -117,6 +117,34 @@ def test_ijk_and_ras_of_one_box_must_agree_within_a_voxel(orientation: str) -> N
         box_from_json(data, frame)
     del data["ras"]
     assert box_from_json(data, frame) != box  # the edited 'ijk' alone is used
+
+
+@pytest.mark.parametrize("orientation", ["IPL", "RAS"])
+def test_an_edited_ijk_box_is_echoed_as_given(orientation: str) -> None:
+    """The input's voxels are not the working frame's: the box on the working frame, taken back to
+    the input, holds one more voxel on some axes; the report echoes the box the user gave."""
+    frame = FRAMES[orientation]
+    edited = [[10, 40], [20, 60], [5, 25]]
+    given = crop_from_json(_through_json({"boxes": {"crop": {"ijk": edited}}}), frame)
+    assert given.echo["ijk"] == edited and given.clipped_from is None and "clipped_from" not in given.echo
+    assert box_json(given.box, frame)["ijk"] != edited  # what the report said before: one voxel wider
+    assert given.echo["ras"] == Box((10, 20, 5), (40, 60, 25)).edge_corners_ras(frame.source_affine).round(3).tolist()
+    ras = box_json(given.box, frame)["ras"]
+    assert crop_from_json({"ras": ras}, frame).echo["ras"] == ras  # 'ras' given: 'ras' echoed
+
+
+def test_a_clipped_ijk_box_says_so() -> None:
+    frame = FRAMES["RAS"]  # input 100 x 90 x 30
+    given = crop_from_json({"ijk": [[-5, 10], [0, 200], [3, 4]]}, frame)
+    assert given.clipped_from == [[-5, 10], [0, 200], [3, 4]] and given.echo["ijk"] == [[0, 10], [0, 89], [3, 4]]
+    assert given.echo["clipped_from"] == given.clipped_from
+
+
+@pytest.mark.parametrize("ijk, shown", [([[0.5, 5], [0, 5], [0, 5]], "0.5"), ([[0, 5], [0, 5.25], [1.5, 5]], "5.25, 1.5")])
+def test_a_fractional_ijk_asks_for_integers(ijk, shown: str) -> None:
+    with pytest.raises(ValueError, match=rf"^box 'ijk' must hold whole voxel indices \(integers\), got {shown}$"):
+        crop_from_json({"ijk": ijk}, FRAMES["RAS"])
+    assert crop_from_json({"ijk": [[0, 5.0], [0, 5], [1, 5]]}, FRAMES["RAS"]).echo["ijk"] == [[0, 5], [0, 5], [1, 5]]
 
 
 def test_a_box_partly_outside_is_clipped() -> None:

@@ -3,6 +3,7 @@ what a result must say about itself (no kidney found, made by a demo bundle)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,24 @@ def box_json(box: Box | None, frame: WorkingFrame) -> dict[str, Any] | None:
     return {"ijk": ijk, "ras": box.edge_corners_ras(frame.affine).round(3).tolist()}
 
 
+@dataclass(frozen=True)
+class GivenCrop:
+    """A crop box read from a boxes JSON. ``box``: on the working frame; ``echo``: the box as
+    given, for the report (``ijk`` as given, clipped to the image; ``ras`` as given, or the edges
+    of those input voxels); ``clipped_from``: the given ``ijk`` when it reached outside the image."""
+
+    box: Box
+    echo: dict[str, Any]
+    clipped_from: list[list[int]] | None = None
+
+
 def box_from_json(data: Any, frame: WorkingFrame) -> Box:
-    """The working-frame crop box of a boxes JSON: ``{"boxes": {"crop": B}}`` or a bare ``B``.
+    """The working-frame crop box of a boxes JSON (:func:`crop_from_json`)."""
+    return crop_from_json(data, frame).box
+
+
+def crop_from_json(data: Any, frame: WorkingFrame) -> GivenCrop:
+    """The crop box of a boxes JSON: ``{"boxes": {"crop": B}}`` or a bare ``B``.
 
     ``B["ras"]`` (edge corners, mm) or ``B["ijk"]`` (input voxels); when both are present they must
     hold the same input voxels within :data:`AGREEMENT_VOXELS`. Raises ValueError (one line) for a
@@ -50,29 +67,39 @@ def box_from_json(data: Any, frame: WorkingFrame) -> Box:
         raise ValueError("box has neither 'ras' nor 'ijk'")
     try:
         from_ras = _box_from_ras(box["ras"], frame) if has_ras else None
-        from_ijk = _box_from_ijk(box["ijk"], frame) if has_ijk else None
+        on_input = _input_box_from_ijk(box["ijk"], frame) if has_ijk else None
     except ValueError as error:
         if "lies outside the image" in str(error):
             raise ValueError("the crop box lies wholly outside the image") from None
         raise
-    if from_ras is not None and from_ijk is not None:
+    if from_ras is not None and on_input is not None:
         _check_agreement(box, from_ras, frame)
-    return from_ras if from_ras is not None else from_ijk
+    given = None if on_input is None else [[int(a), int(b)] for a, b in zip(on_input.start, on_input.stop)]
+    clipped_from = None if on_input is None or given == box["ijk"] else [list(r) for r in box["ijk"]]
+    clipped = {} if clipped_from is None else {"clipped_from": clipped_from}
+    if from_ras is not None:
+        ijk = given if given is not None else box_json(from_ras, frame)["ijk"]
+        return GivenCrop(from_ras, {"ijk": ijk, "ras": box["ras"], **clipped}, clipped_from)
+    echo = {"ijk": given, "ras": on_input.edge_corners_ras(frame.source_affine).round(3).tolist(), **clipped}
+    return GivenCrop(on_input.transformed(frame.source_to_working(), frame.shape), echo, clipped_from)
 
 
 def _box_from_ras(corners: Any, frame: WorkingFrame) -> Box:
     """Working-frame voxels whose centres lie between two RAS corners (mm)."""
-    points = _numbers(corners, float, (2, 3), "box 'ras' must be two finite corners [[x, y, z], [x, y, z]]")
+    points = _numbers(corners, (2, 3), "box 'ras' must be two finite corners [[x, y, z], [x, y, z]]")
     return Box.from_ras_bounds(points.min(axis=0), points.max(axis=0), frame.affine, frame.shape)
 
 
-def _box_from_ijk(ranges: Any, frame: WorkingFrame) -> Box:
-    """Working-frame box holding the input voxels of three inclusive index ranges."""
-    array = _numbers(ranges, int, (3, 2), "box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
+def _input_box_from_ijk(ranges: Any, frame: WorkingFrame) -> Box:
+    """The input voxels of three inclusive index ranges, clipped to the image."""
+    array = _numbers(ranges, (3, 2), "box 'ijk' must be three inclusive ranges [[i0, i1], [j0, j1], [k0, k1]]")
+    if np.any(array != np.round(array)):
+        shown = ", ".join(f"{value:g}" for value in array.ravel() if value != round(value))
+        raise ValueError(f"box 'ijk' must hold whole voxel indices (integers), got {shown}")
+    array = array.astype(int)
     if np.any(array[:, 1] < array[:, 0]):
         raise ValueError("box 'ijk' ranges must run low to high")
-    on_input = Box(tuple(array[:, 0]), tuple(array[:, 1])).clipped(frame.source_shape)
-    return on_input.transformed(frame.source_to_working(), frame.shape)
+    return Box(tuple(array[:, 0]), tuple(array[:, 1])).clipped(frame.source_shape)
 
 
 AGREEMENT_VOXELS = 1
@@ -90,15 +117,15 @@ def _check_agreement(box: dict[str, Any], from_ras: Box, frame: WorkingFrame) ->
                      f"(the 'ras' corners hold input voxels {ras_on_input}); delete the one you did not edit")
 
 
-def _numbers(values: Any, dtype: type, shape: tuple[int, int], message: str) -> np.ndarray:
-    """``values`` as a finite ``dtype`` array of ``shape``; ValueError(``message``) otherwise."""
+def _numbers(values: Any, shape: tuple[int, int], message: str) -> np.ndarray:
+    """``values`` as a finite float array of ``shape``; ValueError(``message``) otherwise."""
     try:
         array = np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         raise ValueError(message) from None
-    if array.shape != shape or not np.all(np.isfinite(array)) or (dtype is int and np.any(array != np.round(array))):
+    if array.shape != shape or not np.all(np.isfinite(array)):
         raise ValueError(message)
-    return array.astype(dtype)
+    return array
 
 
 def rounded(data: Any, decimals: int = 3) -> Any:

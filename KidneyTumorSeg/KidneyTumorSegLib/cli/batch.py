@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = f"""\
 Segment every CT of a folder (image files, or KiTS19 case folders holding imaging.nii.gz).
 
-Per case: <case>.nii.gz (labels on the input's grid: {LABEL_MEANING})
-and <case>.json (the report of `segment --report`); a case that fails leaves <case>.failed.json (its error) and the
+Per case: <case>.nii.gz (labels on the input's grid: {LABEL_MEANING}),
+<case>.json (the report of `segment --report`) and with --uncertainty <case>.uncertainty.nii.gz
+(where the models disagree); a case that fails leaves <case>.failed.json (its error) and the
 batch goes on. No existing output is replaced without --overwrite: a folder that already holds
 results of these cases is refused unless --resume (run only the others) or --overwrite (run all).
 
@@ -60,10 +61,15 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
                         help="skip the cases whose label map is already in the output folder and run the others "
                              "(default: refuse a folder holding results of these cases)")
     parser.add_argument("--shard", default=None, metavar="K/N",
-                        help="run only every N-th case from the K-th (0 <= K < N), of the cases sorted by name "
-                             "(default: torchrun's RANK/WORLD_SIZE or a Slurm array's "
-                             "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else every case); with --device "
-                             "auto under torchrun each process takes GPU cuda:LOCAL_RANK")
+                        help="run only every N-th case from the K-th, of the cases sorted by name; shards count from "
+                             "0: --shard 0/2 and --shard 1/2 share a folder (default: torchrun's RANK/WORLD_SIZE, or a "
+                             "Slurm array's task, SLURM_ARRAY_TASK_ID counted from SLURM_ARRAY_TASK_MIN of "
+                             "SLURM_ARRAY_TASK_COUNT, so --array=0-7 and --array=1-8 both work, when set; else every "
+                             "case); with --device auto under torchrun each process takes GPU cuda:LOCAL_RANK")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write <case>.uncertainty.nii.gz per case, where the ensemble disagrees (as segment "
+                             "--uncertainty: float32 in [0, 1] on the input's grid; cases done before are not redone "
+                             "under --resume) (default: none)")
     add_triage_option(parser)
     add_model_options(parser)
     parser.set_defaults(handler=run_batch)
@@ -77,9 +83,13 @@ def report_path(folder: Path, case: str) -> Path:
     return folder / f"{case}.json"
 
 
-def case_outputs(folder: Path, case: str) -> tuple[Path, Path, Path]:
-    """Every file a case may write: its label map, its report and its failure record."""
-    return label_path(folder, case), report_path(folder, case), failure_path(folder, case)
+def uncertainty_path(folder: Path, case: str) -> Path:
+    return folder / f"{case}.uncertainty.nii.gz"
+
+
+def case_outputs(folder: Path, case: str) -> tuple[Path, ...]:
+    """Every file a case may write: its label map, report, uncertainty map and failure record."""
+    return label_path(folder, case), report_path(folder, case), uncertainty_path(folder, case), failure_path(folder, case)
 
 
 def refuse_existing_results(folder: Path, cases: list[str], resume: bool, overwrite: bool) -> None:
@@ -136,7 +146,8 @@ def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path,
         report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path)
         if not report["kidney_found"]:
             logger.warning("%s: no kidney found (%s)", case, report["stage1_decision"])
-        write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case))
+        write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case),
+                      uncertainty=uncertainty_path(out, case) if args.uncertainty else None)
     except Exception as error:  # a failing case is recorded and the batch goes on
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         logger.error("%s: failed: %s", case, message)

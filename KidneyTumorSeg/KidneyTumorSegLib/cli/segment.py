@@ -21,7 +21,7 @@ from ..imageio import (Image, atomic_output, check_output_path, image_suffix, re
                        write_label_map)
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
-from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, rounded, stage1_json
+from ..report import DEMO_NOTICE, GivenCrop, box_json, crop_from_json, kidney_finding, result_notes, rounded, stage1_json
 from ..settings import DEFAULT_SETTINGS, LABEL_BACKGROUND, MethodSettings
 from ..validation import InputError, check_ct
 from .cases import case_name
@@ -214,22 +214,29 @@ def read_box_option(option: str | None) -> Any:
         raise ValueError(f"{path}: box file is not valid JSON ({error})") from None
 
 
-def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") -> Box | None:
-    """The working-frame crop of a :func:`read_box_option` result: None (run stage 1), the whole
-    frame ("full"), or the crop box of a boxes JSON (ValueError when malformed or outside)."""
+def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") -> GivenCrop | None:
+    """The crop of a :func:`read_box_option` result: None (run stage 1), the whole frame ("full"),
+    or the crop box of a boxes JSON (ValueError when malformed or outside; a warning naming the
+    clipped box when its 'ijk' reaches outside the image)."""
     if option is None:
         return None
     if option == "full":
-        return Box.full(frame.shape)
+        full = Box.full(frame.shape)
+        return GivenCrop(full, box_json(full, frame))
     try:
-        return box_from_json(option, frame)
+        given = crop_from_json(option, frame)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
+    if given.clipped_from is not None:
+        logger.warning("%s: the crop box's 'ijk' %s reaches outside the image (%s voxels): clipped to %s", source,
+                       given.clipped_from, " × ".join(map(str, frame.source_shape)), given.echo["ijk"])
+    return given
 
 
 def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float,
-                        image_path: Path) -> dict[str, Any]:
-    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3 places)."""
+                        image_path: Path, given_crop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3
+    places); its crop is ``given_crop`` (a given box as the user gave it) or the one stage 1 chose."""
     report: dict[str, Any] = {
         "case": case_name(image_path),
         "image": str(image_path),
@@ -237,7 +244,7 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "bundle": {"name": bundle.manifest.get("name"), "path": str(bundle.path), "demo": bundle.is_demo,
                    "missing_roles": list(bundle.missing_roles())},
         "models": list(result.models),
-        "crop": box_json(result.crop_box, case.frame),
+        "crop": given_crop if given_crop is not None else box_json(result.crop_box, case.frame),
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
         **kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
         "measurements": measure(result.labels, case.image.affine),
@@ -330,8 +337,9 @@ def run_segment(args: argparse.Namespace) -> int:
     cascade = Cascade(bundle, options)
     case = cascade.prepare(image)
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
-        result = cascade.segment(image, crop, display, case=case)
-        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image)
+        result = cascade.segment(image, None if crop is None else crop.box, display, case=case)
+        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image,
+                                     None if crop is None else crop.echo)
         write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
