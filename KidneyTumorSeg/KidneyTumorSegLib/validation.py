@@ -1,11 +1,16 @@
 """Checks that an input image is a CT the cascade can work on (one-line reasons when it is not)."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .imageio import Image
+
+
+logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -24,30 +29,54 @@ class InputChecks:
     max_hu: float = 5000.0
 
 
-def check_ct(image: Image, force: bool = False, checks: InputChecks = InputChecks()) -> None:
-    """Raise :class:`InputError` for an image that is not a usable CT ``[i, j, k]``.
+AIR_HU = -1000.0
+"""What ``--force`` puts in place of NaN or infinite voxels: air."""
 
-    Always refused: non-finite voxels, a constant volume, a volume smaller than
-    ``min_extent_mm`` on an axis. Refused unless ``force``: intensities that do not look like
-    Hounsfield units (no air, or values far beyond the CT range, as in MR).
+
+def check_ct(image: Image, force: bool = False, checks: InputChecks = InputChecks()) -> Image:
+    """The image to segment, or :class:`InputError` for one that is not a usable CT ``[i, j, k]``.
+
+    Always refused: a constant volume, a volume smaller than ``min_extent_mm`` on an axis. Refused
+    unless ``force``: NaN or infinite voxels (with ``force`` they become air, :data:`AIR_HU`, in
+    the image returned), intensities that do not look like Hounsfield units (no air, or values far
+    beyond the CT range, as in MR).
     """
     array = image.array
     extent = np.array(array.shape) * np.array(image.spacing)
     if np.any(extent < checks.min_extent_mm):
         raise InputError(f"image too small: {tuple(array.shape)} voxels = {np.round(extent, 1).tolist()} mm (need ≥ {checks.min_extent_mm:g} mm per axis)")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError("image holds NaN or infinite voxels")
+    image = _nonfinite_as_air(image, force)
+    array = image.array
     low, high = float(array.min()), float(array.max())
     if low == high:
         raise InputError(f"image is constant ({low:g} everywhere)")
     if force:
-        return
+        return image
     air = np.count_nonzero(array <= checks.air_hu) / array.size
     if air < checks.min_air_fraction or high > checks.max_hu:
         raise InputError(
             f"image does not look like CT in Hounsfield units (range {low:g}..{high:g}, {100 * air:.2f} % below "
             f"{checks.air_hu:g} HU); use --force to segment it anyway"
         )
+    return image
+
+
+def _nonfinite_as_air(image: Image, force: bool) -> Image:
+    """``image`` unchanged when every voxel is finite; else InputError saying how many are not,
+    or with ``force`` a copy holding air there (a warning says how many)."""
+    array = image.array
+    if not np.issubdtype(array.dtype, np.floating):
+        return image
+    nonfinite = ~np.isfinite(array)
+    count = int(np.count_nonzero(nonfinite))
+    if count == 0:
+        return image
+    share = f"{count} of {array.size} voxels ({100 * count / array.size:.3g} %)"
+    if not force:
+        raise InputError(f"image holds NaN or infinite values in {share}; --force segments it with them as air "
+                         f"({AIR_HU:g} HU)")
+    logger.warning("image holds NaN or infinite values in %s: segmented with them as air (%g HU, --force)", share, AIR_HU)
+    return dataclasses.replace(image, array=np.where(nonfinite, np.asarray(AIR_HU, array.dtype), array))
 
 
 BYTES_PER_WORKING_VOXEL = 16

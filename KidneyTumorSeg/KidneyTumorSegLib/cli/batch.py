@@ -139,8 +139,7 @@ def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path,
     """Segment one case and write its label map and report together, or its failure record; "ok" or "failed"."""
     start = time.perf_counter()
     try:
-        image = read_image(image_path)
-        check_ct(image, force=args.force)
+        image = check_ct(read_image(image_path), force=args.force)
         prepared = cascade.prepare(image)
         result = cascade.segment(image, case=prepared)
         report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path)

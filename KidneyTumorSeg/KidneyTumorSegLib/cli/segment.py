@@ -187,13 +187,12 @@ def plan(cascade: Cascade, with_stage1: bool) -> list[str]:
 
 
 def read_checked_image(args: argparse.Namespace) -> Image:
-    """The ``image`` argument, read and checked (:class:`InputError` names the file)."""
-    image = read_image(args.image)
+    """The ``image`` argument, read and checked (:class:`InputError` names the file); with
+    ``--force`` its NaN or infinite voxels are air."""
     try:
-        check_ct(image, force=args.force)
+        return check_ct(read_image(args.image), force=args.force)
     except InputError as error:
         raise InputError(f"{args.image}: {error}") from None
-    return image
 
 
 def box_file(option: str | None) -> Path | None:
