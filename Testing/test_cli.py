@@ -256,6 +256,22 @@ def test_an_ijk_box_reaching_outside_is_clipped_with_a_warning_naming_it(files, 
     assert crop["ijk"] == [[20, 60], [0, 40], [2, 15]] and crop["clipped_from"] == [[20, 60], [-4, 40], [2, 99]]
 
 
+def test_the_demo_replaces_its_own_earlier_outputs_and_nothing_else(files, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "kidneytumorseg-demo"
+    argv = ["demo", "--out", out, "--members", "KT", *model_args(files)]
+    assert run(capsys, *argv)[0] == 0
+    names = ["qa.png", "report.json", "segmentation.nii.gz", "uncertainty.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    before = {name: (out / name).stat().st_mtime_ns for name in names}
+    code, stdout, err = run(capsys, *argv)  # the README's command, a second time
+    assert code == 0, err
+    assert all((out / name).stat().st_mtime_ns > before[name] for name in names) and "dice" in json.loads(stdout)
+    assert sorted(p.name for p in out.iterdir()) == names
+    (out / "report.json").write_text('{"mine": true}', encoding="utf-8")  # not the demo's any more
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and "already exists" in err and (out / "report.json").read_text(encoding="utf-8") == '{"mine": true}'
+
+
 # ---------------------------------------------------------------- evaluate
 
 

@@ -23,10 +23,19 @@ def sample_case_path() -> Path:
 
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="run the shipped sample through the shipped bundle",
-                                 description="Segment the shipped sample with the shipped demo bundle; writes the label map, report, QA picture and uncertainty map, and prints Dice against the sample's truth.")
+                                 description="Segment the shipped sample with the shipped demo bundle; writes the label map, report, QA picture and uncertainty map, and prints Dice against the sample's truth. A rerun replaces the outputs of an earlier demo in its folder (other files of those names are kept unless --overwrite).")
     parser.add_argument("--out", type=Path, default=Path("kidneytumorseg-demo"), help="output folder (default ./kidneytumorseg-demo)")
     add_model_options(parser)
     parser.set_defaults(handler=run_demo)
+
+
+def made_by_demo(report_path: Path, image: Path) -> bool:
+    """Whether ``report_path`` is the report of an earlier demo: a segment report of ``image``."""
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(report, dict) and isinstance(report.get("image"), str) and Path(report["image"]) == image
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -39,6 +48,8 @@ def run_demo(args: argparse.Namespace) -> int:
     args.uncertainty = args.out / "uncertainty.nii.gz"
     args.box = None
     args.bundle = args.bundle or default_bundle_path()
+    if made_by_demo(args.report, args.image):  # the demo owns its folder: its earlier outputs are replaced
+        args.overwrite = True
     run_segment(args)
     predicted = np.asarray(read_image(args.output).array, np.uint8)
     truth = np.asarray(read_image(sample / "segmentation.nii.gz").array, np.uint8)
