@@ -175,6 +175,33 @@ def test_export_writes_a_bundle_the_inference_side_loads(cache, tmp_path, half):
             assert torch.equal(loaded[key], expected), key
 
 
+def test_export_skips_what_is_not_a_run_and_a_missing_stage1_is_one_line(cache, tmp_path, capsys, caplog):
+    """`export work/runs/*` as a shell expands it: run folders and the ROLE.log files beside them."""
+    from training_tools.cli import main
+
+    runs = tmp_path / "work" / "runs"
+    for role in ("stage1", "KT"):
+        train(load_config(role, "paper", {**TINY, "iterations": 1, "patch_size": [16, 32, 32]}), _options(cache, runs / role))
+        (runs / f"{role}.log").write_text("training log\n", encoding="utf-8")
+    (runs / "empty").mkdir()
+    everything = sorted(runs.iterdir())
+    argv = ["export", *map(str, everything), "--out", str(tmp_path / "bundle"), "--data-description", "3 synthetic cases"]
+    assert main(argv) == 0
+    for path in ("KT.log", "stage1.log", "empty"):
+        assert f"{runs / path}: skipped, not a training run (no run.json)" in caplog.text
+    assert load_bundle(tmp_path / "bundle").roles == ("stage1", "KT")
+
+    capsys.readouterr()
+    argv = ["export", str(runs / "KT"), str(runs / "KT.log"), "--out", str(tmp_path / "no-stage1"), "--data-description", "d"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "kidneytumorseg-train: error: the cascade needs stage1: add the run folder of each (the runs given train KT) "
+        "(-v shows the traceback)"]
+    assert not (tmp_path / "no-stage1").exists()
+    assert main(["export", str(runs / "KT.log"), "--out", str(tmp_path / "none"), "--data-description", "d"]) == 1
+    assert "none of the 1 paths given is a training run" in capsys.readouterr().err
+
+
 def test_init_weights_starts_a_new_run_from_trained_weights(cache, tmp_path):
     config = load_config("T-unet", "paper", {**TINY, "patch_size": [16, 32, 32], "seed": 7})  # another start than ``tuned``
     train(config, _options(cache, tmp_path / "base"))

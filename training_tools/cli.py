@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -73,9 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; an error is one line on stderr and exit code 1 (``-v``: the traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except Exception as error:
+        if args.verbose:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"kidneytumorseg-train: error: {message} (-v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

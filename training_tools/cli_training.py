@@ -172,7 +172,9 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("export", help="write finished runs as a model bundle with provenance",
                                  description="Collect finished training runs (one per model) into a model "
                                  "bundle the module and the command line load.")
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="run folders, one per model (e.g. work/runs/*: what is not a run, such as the .log files "
+                             "beside them, is skipped with a warning)")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder")
     parser.add_argument("--name", default="kidneytumorseg", help="bundle name")
     parser.add_argument("--description", default="KidneyTumorSeg cascade trained with kidneytumorseg-train.",
@@ -187,10 +189,13 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from training_tools.export import export_bundle
+    from training_tools.export import export_bundle, training_runs
 
+    runs = training_runs(args.runs)
+    if not runs:
+        raise ValueError(f"none of the {len(args.runs)} paths given is a training run (a folder holding run.json)")
     extra = {"evaluation": json.loads(args.metrics.read_text())} if args.metrics else {}
-    export_bundle(args.runs, args.out, args.name, args.description, args.data_description, demo=args.demo,
+    export_bundle(runs, args.out, args.name, args.description, args.data_description, demo=args.demo,
                   license_name=args.license, extra_provenance=extra, half=args.half, overwrite=args.overwrite)
     return 0
 
@@ -242,10 +247,15 @@ def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--work", type=Path, required=True, help="working folder (cache, runs, evaluation)")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--preset", default=None, help="default demo-gpu on CUDA, else demo-cpu")
+    parser.add_argument("--preset", default=None,
+                        help="demo-gpu, demo-cpu, demo-cpu-finetune, smoke (the whole pipeline in minutes on a CPU: a "
+                             "complete bundle that segment loads, not a model) or a preset JSON (default demo-gpu on "
+                             "CUDA, else demo-cpu)")
     parser.add_argument("--workers", type=int, default=None, help="processes building phantoms (default min(4, CPUs))")
     parser.add_argument("--jobs", type=int, default=None, help="models trained at once (default: twelve on a GPU, one per core on the CPU)")
-    parser.add_argument("--eval-cases", type=int, default=10, help="masks held out for evaluation (the last N)")
+    parser.add_argument("--eval-cases", type=int, default=None,
+                        help="masks held out for evaluation (the last N; 0: no evaluation) (default 10, or the preset's: "
+                             "0 for smoke)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
     parser.add_argument("--budget-minutes", type=float, default=None, help="end everything within this time")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")

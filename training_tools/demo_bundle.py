@@ -57,13 +57,14 @@ DEMO_DESCRIPTION = (
 MASK_LICENSE = "CC-BY-NC-SA-4.0"  # the KiTS19 masks the phantoms are built from
 EVAL_SECONDS_PER_CASE = {"cuda": 60.0, "cpu": 330.0}  # one held-out phantom through the cascade (measured on CPU)
 EXPORT_RESERVE_S = 30.0
+DEFAULT_EVAL_CASES = 10
 STARTUP_ALLOWANCE_S = 20.0  # a training process's start (imports, CUDA) before its own budget clock runs
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     """Settings of the demo run; ``preset`` None = "demo-gpu" on CUDA, else "demo-cpu";
-    ``roles`` None = all twelve."""
+    ``eval_cases`` None = the preset's ``demo_bundle.eval_cases``, else 10; ``roles`` None = all twelve."""
 
     masks: Path
     work: Path
@@ -72,7 +73,7 @@ class DemoOptions:
     preset: str | None = None
     workers: int | None = None
     jobs: int | None = None
-    eval_cases: int = 10
+    eval_cases: int | None = None
     seed: int = 0
     budget_minutes: float | None = None
     overwrite: bool = False
@@ -234,15 +235,25 @@ def train_all(preset: str, cache_dir: Path, runs_dir: Path, device: str, jobs: i
     return [runs_dir / r for r in roles]
 
 
+def held_out_count(eval_cases: int | None, preset: str) -> int:
+    """Masks held out for evaluation: ``eval_cases``, else the preset's ``demo_bundle.eval_cases``, else 10."""
+    if eval_cases is not None:
+        return eval_cases
+    defaults = {} if preset == "paper" else load_preset(preset).get("demo_bundle", {})
+    return int(defaults.get("eval_cases", DEFAULT_EVAL_CASES))
+
+
 def demo_bundle(options: DemoOptions) -> dict[str, Any]:
-    """The whole demo pipeline; returns the evaluation summary written into the bundle."""
+    """The whole demo pipeline; returns the evaluation summary written into the bundle (empty when
+    no mask is held out)."""
     started = time.time()
     deadline = None if options.budget_minutes is None else started + 60.0 * options.budget_minutes
     device = pick_device(options.device)
     preset = options.preset or ("demo-gpu" if device.type == "cuda" else "demo-cpu")
     masks = find_masks(options.masks)
-    if len(masks) <= options.eval_cases:
-        raise ValueError(f"{options.masks}: {len(masks)} masks, but {options.eval_cases} are held out for evaluation")
+    eval_cases = held_out_count(options.eval_cases, preset)
+    if len(masks) <= eval_cases:
+        raise ValueError(f"{options.masks}: {len(masks)} masks, but {eval_cases} are held out for evaluation")
     if (options.out / "manifest.json").exists() and not options.overwrite:
         raise FileExistsError(f"{options.out}: a bundle exists (use --overwrite)")
     roles = options.roles or tuple(ROLES)
@@ -255,15 +266,19 @@ def demo_bundle(options: DemoOptions) -> dict[str, Any]:
     work = options.work
     cache_dir, eval_dir, runs_dir = work / "cache", work / "eval_phantoms", work / "runs"
     workers = options.workers or default_workers()
-    build_data(masks, options.eval_cases, cache_dir, eval_dir, options.seed, workers, options.style, options.variants,
+    build_data(masks, eval_cases, cache_dir, eval_dir, options.seed, workers, options.style, options.variants,
                options.healthy_share)
     logger.info("data ready after %.0f s", time.time() - started)
-    train_deadline = None if deadline is None else deadline - eval_reserve_s(device.type, options.eval_cases, workers)
+    train_deadline = None if deadline is None else deadline - eval_reserve_s(device.type, eval_cases, workers)
     runs = train_all(preset, cache_dir, runs_dir, str(device), options.jobs or default_jobs(device.type), train_deadline,
                      roles, options.init_bundle)
     logger.info("training done after %.0f s", time.time() - started)
-    held_out = [case_name(m) for m in masks[len(masks) - options.eval_cases:]]
+    held_out = [case_name(m) for m in masks[len(masks) - eval_cases:]]
     metadata = _demo_metadata(options, preset, masks, held_out)
+    if not held_out:
+        export_bundle(runs, options.out, **metadata, half=True, overwrite=options.overwrite, carry_over=carry_over)
+        logger.info("bundle %s: not evaluated, no mask held out (%.0f s in all)", options.out, time.time() - started)
+        return {}
     draft = work / "bundle_draft"
     shutil.rmtree(draft, ignore_errors=True)
     export_bundle(runs, draft, **metadata, half=True, carry_over=carry_over)

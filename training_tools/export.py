@@ -34,6 +34,18 @@ def git_commit(folder: Path = REPOSITORY) -> dict[str, Any] | None:
     return {"commit": sha, "dirty": bool(status.strip())}
 
 
+def training_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The paths that are training runs (folders holding a ``run.json``); each other one is
+    skipped with a warning saying so (a ``ROLE.log`` beside the runs, a stray file)."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / RUN_NAME).is_file():
+            runs.append(path)
+        else:
+            logger.warning("%s: skipped, not a training run (no %s)", path, RUN_NAME)
+    return runs
+
+
 def load_run_network(run_dir: Path, half: bool = False) -> tuple[str, torch.nn.Module, str, dict[str, Any], dict]:
     """(role, network with the run's final weights, architecture, params, run summary) of a finished run."""
     summary = read_run(run_dir)
@@ -131,7 +143,9 @@ def export_bundle(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
         runs.update(records)
     missing = [r for r in ("stage1", "KT") if r not in networks]
     if missing:
-        raise ValueError(f"the cascade needs {', '.join(missing)}: add their runs")
+        given = ", ".join(r for r in ROLES if r in networks) or "none"
+        raise ValueError(f"the cascade needs {' and '.join(missing)}: add the run folder of each (the runs given "
+                         f"train {given})")
     provenance = {
         "trained": True,
         "data": data_description,
