@@ -202,6 +202,17 @@ def test_export_skips_what_is_not_a_run_and_a_missing_stage1_is_one_line(cache, 
     assert "none of the 1 paths given is a training run" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("role", ["stage1", "KT", "T-unet", "T2D-sa-bce"])
+def test_the_smoke_preset_trains_each_architecture_and_holds_no_mask_out(role, cache, tmp_path):
+    from training_tools.demo_bundle import held_out_count
+
+    config = load_config(role, "smoke")
+    assert config.iterations == 2 and config.base_channels == 4 and config.augmentation is None
+    summary = train(config, _options(cache, tmp_path / role))
+    assert summary["finished"] and (tmp_path / role / "model.pt").is_file()
+    assert held_out_count(None, "smoke") == 0 and held_out_count(None, "demo-cpu") == 10 and held_out_count(3, "smoke") == 3
+
+
 def test_init_weights_starts_a_new_run_from_trained_weights(cache, tmp_path):
     config = load_config("T-unet", "paper", {**TINY, "patch_size": [16, 32, 32], "seed": 7})  # another start than ``tuned``
     train(config, _options(cache, tmp_path / "base"))

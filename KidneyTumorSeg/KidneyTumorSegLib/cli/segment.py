@@ -202,9 +202,9 @@ def box_file(option: str | None) -> Path | None:
 
 def read_box_option(option: str | None) -> Any:
     """``--box`` read before any work: None (run stage 1), "full", or the parsed boxes JSON."""
-    if option is None or option == "full":
+    path = box_file(option)
+    if path is None:
         return option
-    path = Path(option)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
