@@ -210,6 +210,17 @@ def test_the_summary_is_rebuilt_and_the_earlier_kept_only_when_figures_changed(f
     (results / "a.json").write_text(json.dumps(report), encoding="utf-8")
     assert run(capsys, "summarize", results, "--overwrite")[0] == 0  # asked not to keep it
     assert sorted(p.name for p in results.glob("summary*")) == ["summary.csv", "summary.earlier-1.csv"]
+
+    rows = list(summary(results / "summary.csv").values())
+    rows[1]["note"] = "look again"  # a column added by hand, to b's row
+    with open(results / "summary.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "note"])
+        writer.writeheader()
+        writer.writerows(rows)
+    noted = (results / "summary.csv").read_bytes()
+    assert run(capsys, "summarize", results)[0] == 0
+    assert (results / "summary.earlier-2.csv").read_bytes() == noted
+    assert rows[1]["case"] == "b" and "note" not in summary(results / "summary.csv")["b"]
     no_leftovers(results)
 
 

@@ -41,7 +41,8 @@ found, kidney and tumor mL, tumor count, largest tumor diameter, review score, w
 needs review, disputed mL, error), rebuilt from all of them at the end of every run and replaced
 atomically, so it says what the folder holds now and a resumed or sharded run loses no row;
 --triage orders it by review score, most doubtful first. When the earlier summary.csv held figures
-of a finished case that changed or are gone, it is kept beside it as summary.earlier-1.csv (-2, ...).
+of a finished case that changed or are gone (or a column added by hand), it is kept beside it as
+summary.earlier-1.csv (-2, ...).
 Shards (--shard, torchrun, Slurm arrays) share one output folder; the last one to finish writes
 the summary, or run `kidneytumorseg summarize OUT`.
 

@@ -6,7 +6,7 @@ the case records of the folder, one row per case, sorted by case name (or with `
 review score, most doubtful first), and replaces it atomically, so it always says what the
 folder holds now; a resumed run, or several shards writing to one folder, loses no row. The
 summary it replaces is kept beside it (``summary.earlier-1.csv``, ...) only when that one held
-figures of a finished case that changed or are gone.
+figures of a finished case that changed or are gone, or values in a column added by hand.
 """
 from __future__ import annotations
 
@@ -95,18 +95,21 @@ def write_summary(folder: Path, triage: bool = False, keep_earlier: bool = True)
     ``triage`` most doubtful first), replacing it atomically; returns its path and rows.
 
     With ``keep_earlier``, the summary it replaces is kept beside it (``summary.earlier-1.csv``,
-    ``-2``, ...) when that one holds figures the new one does not (a row of a finished case whose
-    figures changed or that is gone); reordered rows, new rows and mended failures keep nothing.
+    ``-2``, ...) when that one holds what the new one does not (:func:`changed_figures`); reordered
+    rows, new rows and mended failures keep nothing.
     """
     rows = triaged(summary_rows(folder)) if triage else summary_rows(folder)
     text = summary_text(rows)
     path = folder / SUMMARY_NAME
     if _holds(path, text):
         return path, rows
-    earlier = _read_text(path)
-    if keep_earlier and earlier is not None and changed_figures(earlier, text):
+    earlier = _read_bytes(path)
+    changed = [] if earlier is None or not keep_earlier else changed_figures(earlier.decode("utf-8", "replace"), text)
+    if changed:
         kept = _keep(folder, earlier)
-        logger.warning("%s held other figures for some cases than their records now do: kept it as %s", path, kept.name)
+        shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        logger.warning("%s held other figures for %d case(s) (%s) than their records now do: kept it as %s", path,
+                       len(changed), shown, kept.name)
     with atomic_output(path, overwrite=True) as temporary:
         temporary.write_bytes(text.encode("utf-8"))
     return path, rows
@@ -117,61 +120,64 @@ TIMING_FIELDS = ("seconds",)
 
 
 def changed_figures(earlier: str, current: str) -> list[str]:
-    """The cases whose row of finished-case figures in the CSV ``earlier`` is gone or differs in
-    ``current`` (columns both hold, timings aside); order does not matter."""
-    before, after = _csv_rows(earlier), _csv_rows(current)
+    """The cases whose row in the CSV ``earlier`` holds something ``current`` does not: figures of
+    a finished case that are gone or differ (columns both hold, timings aside), or a value in a
+    column ``current`` lacks (one added by hand); order does not matter."""
+    before_header, before = _csv_rows(earlier)
+    after_header, after = _csv_rows(current)
+    extra = [field for field in before_header if field not in after_header]
+    shared = [field for field in before_header if field in after_header and field not in TIMING_FIELDS]
     changed = []
     for case, row in before.items():
-        if row.get("status") != "ok":
-            continue  # a failure holds no figures: mending it loses nothing
         now = after.get(case)
-        shared = [field for field in row if now is not None and field in now and field not in TIMING_FIELDS]
-        if now is None or any(row[field] != now[field] for field in shared):
+        if any(row.get(field) for field in extra):
             changed.append(case)
+        elif row.get("status") == "ok" and (now is None or any(row.get(field) != now.get(field) for field in shared)):
+            changed.append(case)  # a failure holds no figures: mending it loses nothing
     return changed
 
 
-def _csv_rows(text: str) -> dict[str, dict[str, str]]:
-    """Rows of a summary's CSV text by case (unparsable text: none)."""
+def _csv_rows(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The header of a summary's CSV text and its rows by case (unparsable text: none)."""
     try:
-        return {row["case"]: row for row in csv.DictReader(io.StringIO(text, newline="")) if row.get("case")}
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = {row["case"]: row for row in reader if row.get("case")}
+        return list(reader.fieldnames or []), rows
     except csv.Error:
-        return {}
+        return [], {}
 
 
-def _read_text(path: Path) -> str | None:
+def _read_bytes(path: Path) -> bytes | None:
     try:
-        return path.read_bytes().decode("utf-8", errors="replace")
+        return path.read_bytes()
     except FileNotFoundError:
         return None
 
 
-def _keep(folder: Path, text: str) -> Path:
-    """``text`` as the first of ``summary.earlier-1.csv``, ``-2``, ... that is new or holds it already."""
+def _keep(folder: Path, content: bytes) -> Path:
+    """``content`` as the first of ``summary.earlier-1.csv``, ``-2``, ... that is new or holds it already."""
     for number in itertools.count(1):
         path = folder / f"summary.earlier-{number}.csv"
-        if _holds(path, text) or _create(path, text):
+        if _holds(path, content) or _create(path, content):
             return path
     raise AssertionError("unreachable")
 
 
-def _holds(path: Path, text: str) -> bool:
-    try:
-        return path.read_bytes() == text.encode("utf-8")
-    except FileNotFoundError:
-        return False
+def _holds(path: Path, content: str | bytes) -> bool:
+    """Whether ``path`` exists holding ``content`` (text as UTF-8)."""
+    return _read_bytes(path) == (content.encode("utf-8") if isinstance(content, str) else content)
 
 
-def _create(path: Path, text: str) -> bool:
-    """Create ``path`` holding ``text`` unless it exists (then False, or True if it holds ``text``)."""
+def _create(path: Path, content: bytes) -> bool:
+    """Create ``path`` holding ``content`` unless it exists (then False, or True if it holds ``content``)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
         with open(temporary, "xb") as file:
-            file.write(text.encode("utf-8"))
+            file.write(content)
         os.link(temporary, path)  # fails when the name exists: never replaces
         return True
     except FileExistsError:
-        return _holds(path, text)
+        return _holds(path, content)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -181,8 +187,9 @@ def add_summarize_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Rebuild summary.csv from all the case records of a `batch` output folder "
                                              "(<case>.json, <case>.failed.json), e.g. after sharded runs; it replaces "
                                              "summary.csv atomically. When the earlier summary holds figures of a "
-                                             "finished case that changed or are gone, it is kept beside it as "
-                                             "summary.earlier-1.csv (-2, ...). Exit code 0: every case finished; 3: "
+                                             "finished case that changed or are gone (or values in a column added by "
+                                             "hand), it is kept beside it as summary.earlier-1.csv (-2, ...). Exit code "
+                                             "0: every case finished; 3: "
                                              "some failed (their errors are in the summary); 1: no case records.")
     parser.add_argument("output_dir", type=Path, help="the output folder of one or more `batch` runs")
     parser.add_argument("--overwrite", action="store_true",
