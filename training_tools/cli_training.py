@@ -248,9 +248,9 @@ def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="bundle folder")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--preset", default=None,
-                        help="demo-gpu, demo-cpu, demo-cpu-finetune, smoke (the whole pipeline in minutes on a CPU: a "
-                             "complete bundle that segment loads, not a model) or a preset JSON (default demo-gpu on "
-                             "CUDA, else demo-cpu)")
+                        help="a preset of training_tools/configs/presets, e.g. smoke (the whole pipeline in minutes on "
+                             "a CPU: a complete bundle that segment loads, not a model), or a preset JSON (default "
+                             "demo-gpu on CUDA, else demo-cpu)")
     parser.add_argument("--workers", type=int, default=None, help="processes building phantoms (default min(4, CPUs))")
     parser.add_argument("--jobs", type=int, default=None, help="models trained at once (default: twelve on a GPU, one per core on the CPU)")
     parser.add_argument("--eval-cases", type=int, default=None,
