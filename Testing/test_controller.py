@@ -23,7 +23,9 @@ from KidneyTumorSegLib.locate_result import RasBox  # noqa: E402
 from KidneyTumorSegLib.measurements import measure  # noqa: E402
 from KidneyTumorSegLib.mrml.roi import roi_ras_box, roi_working_box, set_roi_box  # noqa: E402
 from KidneyTumorSegLib.mrml.scene import module_parameter_node, new_headless_scene, node_ids  # noqa: E402
-from KidneyTumorSegLib.mrml.segmentation import segment_id, segment_terminology, segmentation_labels  # noqa: E402
+from KidneyTumorSegLib.mrml.segmentation import (  # noqa: E402
+    ALGORITHM_NAME, segment_id, segment_tag, segment_terminology, segmentation_labels,
+)
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
 from KidneyTumorSegLib.mrml.volumes import add_volume, volume_array  # noqa: E402
 from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
@@ -248,6 +250,11 @@ def segment_mask(node, name: str, reference) -> np.ndarray:
         scene.RemoveNode(labelmap)
 
 
+def segment_names(node) -> list[str]:
+    segmentation = node.GetSegmentation()
+    return sorted(segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments()))
+
+
 def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     headless, volume, runner, controller, _, _ = setup
     scene = headless.scene
@@ -271,10 +278,17 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     assert (view.GetForegroundVolumeID(), view.GetBackgroundVolumeID()) == (overlay.GetID(), volume.GetID())
     assert view.GetForegroundOpacity() == 0.5
 
-    review_id = segment_id(p.output_segmentation, "Review")
-    assert review_id and not p.output_segmentation.GetDisplayNode().GetSegmentVisibility(review_id)  # off by default
-    assert np.array_equal(segment_mask(p.output_segmentation, "Review", volume), labels == 2) and (labels == 2).any()
-    assert np.array_equal(labels, segmentation_labels(p.output_segmentation, volume)[0])  # Kidney and Tumor untouched
+    # The disputed voxels live in a node of their own, linked to the CT and hidden; the result holds
+    # Kidney and Tumor only, so DICOM SEG export of it writes two segments, both AUTOMATIC.
+    result, disputed = p.output_segmentation, p.review_segmentation
+    assert disputed.GetName() == "case review" and not disputed.GetDisplayNode().GetVisibility()
+    assert disputed.GetNodeReference(disputed.GetReferenceImageGeometryReferenceRole()) is volume
+    assert np.array_equal(segment_mask(disputed, "Review", volume), labels == 2) and (labels == 2).any()
+    assert segment_names(result) == ["Kidney", "Tumor"] and segment_names(disputed) == ["Review"]
+    for node, name in ((result, "Kidney"), (result, "Tumor"), (disputed, "Review")):
+        segment = node.GetSegmentation().GetSegment(segment_id(node, name))
+        assert segment_tag(segment, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
+        assert segment_tag(segment, "DICOM.SegmentAlgorithmName") == ALGORITHM_NAME
 
     report = controller.review
     voxel_ml = abs(np.linalg.det(case.affine[:3, :3])) / 1000
@@ -297,6 +311,7 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     other = add_volume(scene, Image(case.array.astype(np.int16), case.affine), "other")
     controller.update(input_volume=other)
     assert controller.parameters.uncertainty_volume is None and controller.review is None
+    assert controller.parameters.review_segmentation is None
     assert not view.GetForegroundVolumeID()  # the old case's overlay leaves the views
     assert node_ids(scene) - nodes == {other.GetID()}
 

@@ -27,7 +27,7 @@ from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
 from .mrml.scene import node_ids
 from .mrml.segmentation import (
-    fill_review_segment, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, set_review_attributes, show_3d,
+    fill_review, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, set_review_attributes, show_3d,
 )
 from .mrml.table import TABLE_NODE, fill_measurements_table
 from .mrml.uncertainty import set_overlay, show_uncertainty
@@ -73,6 +73,7 @@ class Parameters:
     output_segmentation: Any = _node()
     results_table: Any = _node()
     uncertainty_volume: Any = _node()
+    review_segmentation: Any = _node()
     bundle_path: str = ""
     device: str = "auto"
     members: tuple[str, ...] = ()
@@ -197,7 +198,8 @@ class Controller:
                 set_visible(node, False)
             set_overlay(current.uncertainty_volume, False)
             new = dataclasses.replace(new, crop_roi=None, segmentation_roi=None, landmark_roi=None, landmarks=None,
-                                      output_segmentation=None, results_table=None, uncertainty_volume=None)
+                                      output_segmentation=None, results_table=None, uncertainty_volume=None,
+                                      review_segmentation=None)
             self._outcome, self.decisions, self.measurements, self.report = None, (), None, {}
         self._store(new)
         self._show_markups(new)
@@ -417,11 +419,14 @@ class Controller:
         image = read_image(job.uncertainty)
         uncertainty = show_uncertainty(p.uncertainty_volume, image, self.scene, f"{name} uncertainty", job.volume,
                                        p.show_uncertainty)
-        fill_review_segment(target, image.array >= review["disputed_threshold"], image.affine)
+        disputed = p.review_segmentation or new_segmentation_node(self.scene, f"{name} review")
+        link_to_volume(disputed, job.volume)
+        fill_review(disputed, image.array >= review["disputed_threshold"], image.affine)
         set_review_attributes(target, review)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
         fill_measurements_table(table, report["measurements"], review)
-        self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty))
+        self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty,
+                                        review_segmentation=disputed))
         self.measurements, self.report = report["measurements"], report
 
     # -- temporary files -------------------------------------------------------------------------
