@@ -301,7 +301,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         return result.output_segmentation
 
     def segmentFolder(self, inputDir, outputDir, overwrite=False, **options):
-        """Every case of ``inputDir`` to ``<case>.seg.nrrd``, ``.nii.gz`` and ``.json`` in ``outputDir``."""
+        """Every case of ``inputDir`` to ``<case>.seg.nrrd``, ``.nii.gz`` and ``.json`` in ``outputDir``;
+        a failing case is skipped with a warning, and RuntimeError when no case has a result."""
         self.ensureDependencies(interactive=False)
         from KidneyTumorSegLib.controller import Parameters
         from KidneyTumorSegLib.folder_segmentation import segment_folder

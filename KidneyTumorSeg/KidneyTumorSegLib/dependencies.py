@@ -88,16 +88,20 @@ def version_at_least(version: str, minimum: str) -> bool:
     return have + (0,) * (width - len(have)) >= want + (0,) * (width - len(want))
 
 
+# Distributions of requirements.txt whose module has another name.
+IMPORT_NAMES = {"pynrrd": "nrrd"}
+
+
 class SlicerPython:
     """Slicer's side of installing: what is installed, PyTorchUtils, ``slicer.packaging`` and
     ``slicer.util.pip_install``. Each import happens only when asked for."""
 
     def installed_version(self, distribution: str) -> str | None:
-        """The version of an installed distribution whose module (of the same name) can be found,
-        or None. Nothing is imported."""
+        """The version of an installed distribution whose module (of the same name, or the one
+        :data:`IMPORT_NAMES` gives) can be found, or None. Nothing is imported."""
         try:
             version = importlib.metadata.version(distribution)
-            found = importlib.util.find_spec(distribution) is not None
+            found = importlib.util.find_spec(IMPORT_NAMES.get(distribution, distribution)) is not None
         except (importlib.metadata.PackageNotFoundError, ImportError, ValueError):
             return None
         return version if found else None
