@@ -27,10 +27,10 @@ from KidneyTumorSegLib.mrml.segmentation import (  # noqa: E402
     ALGORITHM_NAME, segment_id, segment_tag, segment_terminology, segmentation_labels,
 )
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
-from KidneyTumorSegLib.mrml.volumes import add_volume, volume_array  # noqa: E402
+from KidneyTumorSegLib.mrml.volumes import add_volume, volume_affine, volume_array  # noqa: E402
 from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result  # noqa: E402
-from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review  # noqa: E402
+from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review, uncertainty_to_bytes  # noqa: E402
 
 
 class FakeRunner:
@@ -89,6 +89,15 @@ def fake_uncertainty(labels: np.ndarray) -> np.ndarray:
     return np.select([labels == 2, labels == 1], [0.6, 0.1], 0.0).astype(np.float32)
 
 
+def near_labels(labels: np.ndarray, affine: np.ndarray) -> tuple[Box, np.ndarray]:
+    """The box one voxel around the labelled voxels (the whole grid when none), and its voxel -> RAS affine."""
+    found = Box.from_mask(labels > 0)
+    box = Box.full(labels.shape) if found is None else found.expanded((2, 2, 2)).clipped(labels.shape)
+    shift = np.eye(4)
+    shift[:3, 3] = box.start
+    return box, affine @ shift
+
+
 def labels_of(image: Image) -> np.ndarray:
     return np.rint((image.array.astype(np.float32) + 100) / 100).astype(np.uint8)
 
@@ -125,8 +134,10 @@ def play(runner: FakeRunner, code: int = 0, demo: bool = False) -> None:
         write_label_map(output, result, image.affine)
         finding = kidney_finding(result, stage1 if box_file is None else None, bool(labels.any()))
         uncertainty = fake_uncertainty(result)
-        write_image(Path(runner.option("--uncertainty")), uncertainty, image.affine)
         review = case_review(EnsembleUncertainty(uncertainty, None), result, abs(np.linalg.det(image.affine[:3, :3])) / 1000)
+        near, near_affine = near_labels(result, image.affine)  # as the command line writes them: the voxels near the crop
+        write_image(Path(runner.option("--uncertainty")), uncertainty_to_bytes(uncertainty[near.slices]), near_affine)
+        write_label_map(Path(runner.option("--review-mask")), uncertainty[near.slices] >= review.disputed_threshold, near_affine)
         report = {"measurements": measure(result, image.affine), **finding, "bundle": {"demo": demo}, "review": review.review,
                   "uncertainty": review.to_json()}
         Path(runner.option("--report")).write_text(json.dumps(report))
@@ -268,7 +279,10 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     labels = segmentation_labels(p.output_segmentation, volume)[0]
 
     overlay = p.uncertainty_volume
-    assert overlay.GetName() == "case uncertainty" and np.array_equal(volume_array(overlay), fake_uncertainty(labels))
+    near, near_affine = near_labels(labels, case.affine)
+    assert overlay.GetName() == "case uncertainty" and volume_array(overlay).shape == near.size  # only near the crop
+    np.testing.assert_allclose(volume_array(overlay), fake_uncertainty(labels)[near.slices], atol=0.5 / 255)
+    assert volume_array(overlay).dtype == np.float32 and np.allclose(volume_affine(overlay), near_affine)
     display = overlay.GetDisplayNode()
     assert display.GetColorNodeID() == "vtkMRMLColorTableNodeIron"  # Inferno is a colour file of the application
     assert (display.GetWindow(), display.GetLevel(), display.GetAutoWindowLevel()) == (1.0, 0.5, 0)

@@ -90,6 +90,8 @@ def test_cli_command_builds_the_documented_argument_lists(tmp_path):
     segment = command.segment(Path("in.nii"), Path("out.nii.gz"), options, Path("box.json"), Path("report.json"))
     assert segment[segment.index("--box") + 1] == "box.json" and segment[segment.index("--members") + 1] == "KT,T-vnet"
     assert "--box" not in command.segment(Path("in.nii"), Path("out.nii.gz"), RunOptions())
+    full = command.segment(Path("in.nii"), Path("out.nii.gz"), options, None, None, Path("u.nii.gz"), Path("r.nii.gz"))
+    assert full[full.index("--uncertainty") + 1] == "u.nii.gz" and full[full.index("--review-mask") + 1] == "r.nii.gz"
     assert "--bundle" not in command.segment(Path("in.nii"), Path("out.nii.gz"), RunOptions())
     assert command.environment()["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
 

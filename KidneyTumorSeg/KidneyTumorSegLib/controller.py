@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .colours import BOX_COLOURS
-from .imageio import read_image
+from .imageio import Image, read_image
 from .locate_result import LocateOutcome
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
@@ -35,6 +35,7 @@ from .mrml.volumes import volume_affine, write_volume_nifti
 from .process import CliCommand, DoneEvent, ProcessRunner, ProgressEvent, RunOptions, parse_line
 from .report import DEMO_NOTICE, made_by_demo
 from .settings import DEFAULT_SETTINGS
+from .uncertainty import uncertainty_from_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class _Job:
     output: Path
     report: Path | None = None
     uncertainty: Path | None = None
+    review_mask: Path | None = None
 
 
 def _refuse(message: str) -> bool:
@@ -288,13 +290,13 @@ class Controller:
                 return False
         folder = self._job_folder()
         job = _Job(State.SEGMENTING, p.input_volume, folder, folder / "labels.nii.gz", folder / "report.json",
-                   folder / "uncertainty.nii.gz")
+                   folder / "uncertainty.nii.gz", folder / "review.nii.gz")
         box = None
         if p.crop_roi is not None:
             box = folder / "box.json"
             box.write_text(json.dumps(roi_ras_box(p.crop_roi).to_json()), encoding="utf-8")
         return self._start(job, lambda image: self.command.segment(image, job.output, p.run_options(), box, job.report,
-                                                                   job.uncertainty))
+                                                                   job.uncertainty, job.review_mask))
 
     def _start(self, job: _Job, argv_for: Callable[[Path], list[str]]) -> bool:
         self._job, self._outcome, self.error = job, None, ""
@@ -416,12 +418,13 @@ class Controller:
         if p.show_3d:
             show_3d(target)
         review = report["uncertainty"]
-        image = read_image(job.uncertainty)
-        uncertainty = show_uncertainty(p.uncertainty_volume, image, self.scene, f"{name} uncertainty", job.volume,
-                                       p.show_uncertainty)
+        stored = read_image(job.uncertainty)  # uint8 over the input voxels near the crop (uncertainty_files.py)
+        uncertainty = show_uncertainty(p.uncertainty_volume, Image(uncertainty_from_bytes(stored.array), stored.affine),
+                                       self.scene, f"{name} uncertainty", job.volume, p.show_uncertainty)
+        mask = read_image(job.review_mask)  # the disputed voxels, decided by the command line
         disputed = p.review_segmentation or new_segmentation_node(self.scene, f"{name} review")
         link_to_volume(disputed, job.volume)
-        fill_review(disputed, image.array >= review["disputed_threshold"], image.affine)
+        fill_review(disputed, mask.array, mask.affine)
         set_review_attributes(target, review)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
         fill_measurements_table(table, report["measurements"], review)

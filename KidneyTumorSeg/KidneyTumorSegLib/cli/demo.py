@@ -37,6 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
     args.report = args.out / "report.json"
     args.qa = args.out / "qa.png"
     args.uncertainty = args.out / "uncertainty.nii.gz"
+    args.review_mask = None
     args.box = None
     args.bundle = args.bundle or default_bundle_path()
     run_segment(args)
