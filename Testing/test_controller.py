@@ -352,6 +352,34 @@ def test_cancel_kills_the_run_and_leaves_the_scene_as_it_was(setup, run):
     assert controller.locate()  # a new run may start at once
 
 
+@pytest.mark.parametrize("told", [True, False])
+def test_removing_the_ct_during_a_run_cancels_it_or_refuses_its_results(setup, told):
+    """The panel tells the controller when a node leaves the scene: the run is cancelled. Where
+    nobody tells it (the console), the finished run's results are refused, not built on a volume
+    that is gone."""
+    headless, volume, runner, controller, _, _ = setup
+    scene = headless.scene
+    other = add_volume(scene, Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), "other")
+    controller.update(input_volume=volume, show_3d=False)
+    nodes = node_ids(scene)
+    assert controller.segment()
+    play(runner)  # the command line has written its outputs, not yet reported
+    job_folder = Path(runner.option("-o")).parent
+    controller.node_removed(other)  # another node leaving changes nothing
+    assert controller.running and runner.cancels == 0
+    scene.RemoveNode(volume)
+    if told:
+        controller.node_removed(volume)
+        assert runner.cancels == 1 and controller.status().startswith("Cancelled: the input volume 'case' was removed")
+    else:
+        controller.poll()
+        assert controller.status().startswith("Failed: the input volume 'case' was removed from the scene")
+    assert controller.state is State.NO_INPUT  # the CT is gone: MRML dropped the reference to it
+    assert not controller.running and node_ids(scene) == nodes - {volume.GetID()} and not job_folder.exists()
+    controller.poll()  # a late report of the killed run changes nothing
+    assert node_ids(scene) == nodes - {volume.GetID()}
+
+
 def test_a_failed_run_reports_the_error_and_adds_nothing(setup):
     _, volume, runner, controller, _, _ = setup
     controller.update(input_volume=volume)

@@ -48,8 +48,10 @@ class FakePackaging:
 
 
 class FakeSlicerPython(SlicerPython):
-    def __init__(self, versions: dict[str, str], extension: bool = True, backends=("cpu",), packaging=None):
+    def __init__(self, versions: dict[str, str], extension: bool = True, backends=("cpu",), packaging=None,
+                 machine=("linux", "x86_64")):
         self.versions = dict(versions)
+        self.machine = machine
         self.utils = FakeTorchUtils(self, backends) if extension else None
         self._packaging = packaging(self) if packaging else None
         self.pip_calls: list[list[str]] = []
@@ -57,6 +59,9 @@ class FakeSlicerPython(SlicerPython):
 
     def installed_version(self, distribution):
         return self.versions.get(distribution)
+
+    def platform(self):
+        return self.machine
 
     def torch_utils(self):
         return self.utils
@@ -212,3 +217,41 @@ def test_the_real_boundary_reads_this_python(monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", fake)
     assert python.torch_utils() == "logic"
     assert dependencies.MIN_TORCH_VERSION == "2.4"
+
+
+@pytest.mark.parametrize("torch_version", [None, "2.2.2"])  # nothing yet, or what PyTorchUtils brings there
+def test_macos_on_x86_64_is_refused_with_where_it_runs(torch_version):
+    versions = {**SLICER_5_8, **({"torch": torch_version} if torch_version else {})}
+    python = FakeSlicerPython(versions, machine=("darwin", "x86_64"))
+    status = check(python)
+    assert not status.ready and "no build newer than 2.2.2 for macOS on x86-64" in status.describe()
+    assert "Linux or Windows" in status.describe() and "arm64" in status.describe()
+    with pytest.raises(DependencyError, match="no build newer than 2.2.2"):
+        ensure(python, Answers(True, True, True))
+    assert python.utils.installs == [] and python.pip_calls == []  # nothing was tried
+    apple_silicon = FakeSlicerPython(versions if torch_version is None else SLICER_5_8, machine=("darwin", "arm64"))
+    assert ensure(apple_silicon, Answers(True, True, True)) and apple_silicon.utils.installs  # a native Python installs
+
+
+def test_a_second_install_while_one_runs_is_refused_and_installs_nothing():
+    """Slicer's installers process events while pip runs, so a second click arrives inside the first install."""
+    python = FakeSlicerPython(SLICER_5_8)
+    second: list = []
+
+    class ClickedAgain(FakeTorchUtils):
+        def installTorch(self, **kwargs):
+            assert dependencies.installing()
+            try:
+                ensure(python, Answers(True, True, True))
+            except DependencyError as error:
+                second.append(str(error))
+            return super().installTorch(**kwargs)
+
+    python.utils = ClickedAgain(python)
+    assert ensure(python, Answers(True, True, True)) and not dependencies.installing()
+    assert second == ["KidneyTumorSeg is installing its dependencies already: wait until it has finished"]
+    assert len(python.utils.installs) == 1 and len(python.pip_calls) == 1  # one PyTorch, one pip
+    failing = FakeSlicerPython(SLICER_5_8, extension=False)
+    with pytest.raises(DependencyError):
+        ensure(failing, Answers(True))
+    assert not dependencies.installing()  # an install that failed frees the way for the next

@@ -320,6 +320,15 @@ class Controller:
         self.runner.cancel()
         self._end(job, State.CANCELLED)
 
+    def node_removed(self, node: Any) -> None:
+        """Tell the controller that ``node`` left the scene: a run on it is cancelled (its results
+        would be built against a volume that is gone)."""
+        job = self._job
+        if job is not None and node is not None and _same_node(node, job.volume):
+            self.runner.cancel()
+            self._end(job, State.CANCELLED, message=f"Cancelled: the input volume '{job.volume.GetName()}' was removed "
+                                                    "from the scene.")
+
     def poll(self) -> bool:
         """Deliver the runner's pending output; True while a run is in progress."""
         self.runner.poll()
@@ -366,6 +375,10 @@ class Controller:
         if code != 0:
             self._end(job, State.FAILED, _error_line(stderr, code))
             return
+        if self.scene.GetNodeByID(job.volume.GetID()) is not job.volume:  # removed while the run went on
+            error = f"the input volume '{job.volume.GetName()}' was removed from the scene: nothing was added"
+            self._end(job, State.FAILED, error, message=f"Failed: {error}.")
+            return
         before = node_ids(self.scene)
         try:
             if job.kind is State.LOCATING:
@@ -382,8 +395,10 @@ class Controller:
             return
         self._end(job, State.LOCATED if job.kind is State.LOCATING else State.DONE)
 
-    def _end(self, job: _Job, outcome: State, error: str = "") -> None:
-        self._job, self._outcome, self.error, self.message = None, outcome, error, ""
+    def _end(self, job: _Job, outcome: State, error: str = "", message: str = "") -> None:
+        """Finish ``job`` with ``outcome``; ``message`` is the status line until the next change (else
+        the outcome's own)."""
+        self._job, self._outcome, self.error, self.message = None, outcome, error, message
         self._bundle_used = self.parameters.bundle_path if outcome in (State.LOCATED, State.DONE) else ""
         shutil.rmtree(job.folder, ignore_errors=True)
         if error:
