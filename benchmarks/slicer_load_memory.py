@@ -38,7 +38,7 @@ def status_mb(key: str) -> float:
     raise KeyError(key)
 
 
-def measure(image_path: Path, bundle: str, threads: int) -> dict:
+def measure(image_path: Path, bundle: str, threads: int, members: tuple[str, ...] = ()) -> dict:
     """One Segment through the controller on ``image_path``; the memory and seconds of reading its results."""
     from KidneyTumorSegLib.controller import Controller, State
     from KidneyTumorSegLib.imageio import read_image
@@ -59,7 +59,7 @@ def measure(image_path: Path, bundle: str, threads: int) -> dict:
 
     controller = Controller(scene, module_parameter_node(scene, "KidneyTumorSeg"), runner_for(command), command,
                             on_change=on_change)
-    controller.update(input_volume=volume, show_3d=False, device="cpu", bundle_path=bundle)
+    controller.update(input_volume=volume, show_3d=False, device="cpu", bundle_path=bundle, members=members)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the command line's threads (it inherits the environment)
     try:
         if not controller.segment():
@@ -78,10 +78,10 @@ def measure(image_path: Path, bundle: str, threads: int) -> dict:
         controller.close()
 
 
-def run_child(image: Path, bundle: str, threads: int, engine: Path) -> dict:
+def run_child(image: Path, bundle: str, threads: int, members: tuple[str, ...], engine: Path) -> dict:
     """:func:`measure` in a child process whose ``KidneyTumorSegLib`` comes from ``engine``."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(engine), str(Path(__file__).parent), str(REPOSITORY)])}
-    code = f"import json, slicer_load_memory as m; print(json.dumps(m.measure({str(image)!r}, {bundle!r}, {threads})))"
+    code = f"import json, slicer_load_memory as m; print(json.dumps(m.measure({str(image)!r}, {bundle!r}, {threads}, {members!r})))"
     done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"child failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=600, help="slices of the case (default 600)")
     parser.add_argument("--bundle", default=str(REPOSITORY / "KidneyTumorSeg" / "Resources" / "Models" / "demo"))
     parser.add_argument("--threads", type=int, default=2, help="the command line's threads (default 2)")
+    parser.add_argument("--members", default="", help="stage-2 members, e.g. KT (default: all; the files read "
+                                                      "back have the same size whichever run)")
     parser.add_argument("--baseline", default=None, help="also measure the engine of this git commit")
     parser.add_argument("--cache", type=Path, default=None, help="keep the built case here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
@@ -106,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             tree, commit = export_baseline(args.baseline, Path(folder))
             engines["baseline"] = (tree / "KidneyTumorSeg", commit)
-        runs = {name: run_child(image, args.bundle, args.threads, engine) for name, (engine, _) in engines.items()}
-    result = {"mask": shown_path(args.mask), "slices": args.slices, "threads": args.threads, "current": checkout_state(),
+        members = tuple(m for m in args.members.split(",") if m)
+        runs = {name: run_child(image, args.bundle, args.threads, members, engine) for name, (engine, _) in engines.items()}
+    result = {"mask": shown_path(args.mask), "slices": args.slices, "threads": args.threads, "members": args.members or "all",
+              "current": checkout_state(),
               "baseline": None if not args.baseline else {"ref": args.baseline, "commit": engines["baseline"][1]}, "runs": runs}
     emit_json(result, args.out)
     return 0
