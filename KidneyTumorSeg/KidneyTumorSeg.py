@@ -82,6 +82,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.updateGUI)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
         ui = self.ui
         for selector, name in ((ui.inputVolumeSelector, "input_volume"), (ui.cropRoiSelector, "crop_roi"),
                                (ui.outputSegmentationSelector, "output_segmentation"), (ui.resultsTableSelector, "results_table")):
@@ -121,6 +122,12 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.controller = None
         self.timer.stop()
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node):
+        """A run whose CT leaves the scene is cancelled."""
+        if self.controller is not None:
+            self.controller.node_removed(node)
+
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeController()
@@ -150,9 +157,16 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameter(members=tuple(m.strip() for m in self.ui.membersLineEdit.text.split(",") if m.strip()))
 
     def onInstallDependencies(self):
-        with slicer.util.tryWithErrorDisplay("KidneyTumorSeg could not install its dependencies.", waitCursor=True):
-            if self.logic.ensureDependencies(interactive=True):
-                self.initializeController()
+        if dependencies.installing():  # a second click, delivered while pip runs
+            return
+        self.ui.installDependenciesButton.enabled = False
+        self.ui.statusLabel.text = "Installing dependencies…"
+        try:
+            with slicer.util.tryWithErrorDisplay("KidneyTumorSeg could not install its dependencies.", waitCursor=True):
+                if self.logic.ensureDependencies(interactive=True):
+                    self.initializeController()
+        finally:
+            self.ui.installDependenciesButton.enabled = True
         self.updateGUI()
 
     def onLocateButton(self):
@@ -162,6 +176,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startOrCancel(self.controller.segment, "segmenting")
 
     def startOrCancel(self, start, runningStateName):
+        if dependencies.installing():  # a click delivered while pip runs
+            return
         if self.controller.running:
             if self.controller.state.value == runningStateName:
                 self.controller.cancel()
@@ -210,8 +226,9 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         state = controller.state.value
         ui.locateButton.text = "Cancel" if state == "locating" else "Locate"
         ui.segmentButton.text = "Cancel" if state == "segmenting" else "Segment"
-        ui.locateButton.enabled = state == "locating" or controller.can_run
-        ui.segmentButton.enabled = state == "segmenting" or controller.can_run
+        idle = not dependencies.installing()
+        ui.locateButton.enabled = idle and (state == "locating" or controller.can_run)
+        ui.segmentButton.enabled = idle and (state == "segmenting" or controller.can_run)
         for widget in (ui.inputsCollapsibleButton, ui.cropRoiSelector, ui.outputsCollapsibleButton, ui.advancedCollapsibleButton):
             widget.enabled = not controller.running
         ui.progressBar.visible = controller.running
@@ -224,6 +241,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showMissingDependencies(self):
         ui = self.ui
         ui.installDependenciesButton.visible = True
+        ui.installDependenciesButton.enabled = not dependencies.installing()
         ui.locateButton.enabled = ui.segmentButton.enabled = False
         ui.progressBar.visible = False
         ui.statusLabel.text = self.dependencyStatus.describe() if self.dependencyStatus is not None else ""
@@ -301,7 +319,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         return result.output_segmentation
 
     def segmentFolder(self, inputDir, outputDir, overwrite=False, **options):
-        """Every case of ``inputDir`` to ``<case>.seg.nrrd``, ``.nii.gz`` and ``.json`` in ``outputDir``."""
+        """Every case of ``inputDir`` to ``<case>.seg.nrrd``, ``.nii.gz`` and ``.json`` in ``outputDir``;
+        a failing case is skipped with a warning, and RuntimeError when no case has a result."""
         self.ensureDependencies(interactive=False)
         from KidneyTumorSegLib.controller import Parameters
         from KidneyTumorSegLib.folder_segmentation import segment_folder
@@ -358,7 +377,8 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         set_roi_box(located.crop_roi, RasBox(tuple(v - 5 for v in box.low), tuple(v + 5 for v in box.high)))
         segmentation = logic.segment(volume, located.crop_roi, show_3d=False)
         names = {segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(segmentation.GetSegmentation().GetNumberOfSegments())}
-        self.assertEqual(names, {"Kidney", "Tumor", "Review"})
+        self.assertEqual(names, {"Kidney", "Tumor"})  # the disputed voxels have a node of their own
+        self.assertEqual(logic.lastResult.review_segmentation.GetSegmentation().GetNthSegment(0).GetName(), "Review")
         self.assertIsNotNone(logic.lastResult.results_table)
         self.assertIsNotNone(logic.lastResult.uncertainty_volume)
         self.assertTrue(0.0 <= logic.lastReview["score"] <= 1.0)

@@ -177,6 +177,17 @@ def run(scenario: str, blocked: set[str]) -> dict:
         test.setUp()
         test.test_flow_on_sample()
         result["self_test_log"] = records
+        button = ui.installDependenciesButton
+        during: list = []
+
+        def confirm_and_click_again(question, **kwargs):  # the installer asks; meanwhile the user clicks again
+            during.append({"button_enabled": button.enabled, "status": ui.statusLabel.text, "installing": True})
+            button._state["slots"]["clicked(bool)"]()  # PythonQt calls a slot with the arguments it takes
+            return False  # then declines
+
+        sys.modules["slicer.util"].confirmYesNoDisplay = confirm_and_click_again
+        button._state["slots"]["clicked(bool)"]()  # PythonQt calls a slot with the arguments it takes
+        result["install_clicks"] = {"questions": during, "button_enabled_after": button.enabled, "errors": list(seen["errors"])}
         widget.onReload()
         result["reloads"] = seen["reloads"]
         result["library_left"] = sorted(name for name in sys.modules if name.startswith("KidneyTumorSegLib"))
@@ -194,6 +205,12 @@ def run(scenario: str, blocked: set[str]) -> dict:
         result["history_calls"] = [call for call in path_editor._state["calls"] if call[0] == "addCurrentPathToHistory"]
         widget.onTimer()  # remembered once
         result["history_calls_again"] = [call for call in path_editor._state["calls"] if call[0] == "addCurrentPathToHistory"]
+        removed: list = []
+        widget.controller.node_removed = lambda node: removed.append(node.GetName())
+        scene = sys.modules["slicer"].mrmlScene
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "a CT")
+        scene.RemoveNode(volume)
+        result["removed_nodes_told"] = removed
         widget.cleanup()
     return result
 

@@ -157,6 +157,11 @@ def _uncertainty_folder_missing(folder: Path) -> tuple[dict, str]:
     return {"--uncertainty": folder / "nowhere" / "u.nii.gz"}, "output folder does not exist"
 
 
+def _bad_review_mask_name(folder: Path) -> tuple[dict, str]:
+    _good(folder)
+    return {"--review-mask": folder / "out" / "r.seg.nrrd"}, "--review-mask must end with .nii.gz, .nii or .nrrd"
+
+
 def _box_outside(folder: Path) -> tuple[dict, str]:
     _good(folder)
     (folder / "box.json").write_text(json.dumps({"ras": [[500, 500, 500], [600, 600, 600]]}), encoding="utf-8")
@@ -188,6 +193,7 @@ CASES: dict[str, Callable[[Path], tuple[dict, str]]] = {
     "missing output folder": _output_folder_missing, "output is a folder": _output_is_a_folder,
     "missing report folder": _report_folder_missing, "bad output name": _bad_output_name,
     "bad uncertainty name": _bad_uncertainty_name, "missing uncertainty folder": _uncertainty_folder_missing,
+    "bad review mask name": _bad_review_mask_name,
     "box outside the image": _box_outside, "ijk box outside the image": _box_ijk_outside,
     "box file not JSON": _box_not_json, "box file missing": _box_missing,
 }

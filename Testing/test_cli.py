@@ -125,9 +125,9 @@ def test_method_options_select_the_settings(flags: list[str], support: bool, kt_
 
 def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path: Path, capsys) -> None:
     out, report, qa = tmp_path / "seg.nii.gz", tmp_path / "report.json", tmp_path / "qa.png"
-    uncertainty = tmp_path / "uncertainty.nii.gz"
+    uncertainty, review_mask = tmp_path / "uncertainty.nii.gz", tmp_path / "review.nii.gz"
     code, stdout, _ = run(capsys, "segment", files["ct"], "-o", out, "--report", report, "--qa", qa, "--uncertainty", uncertainty,
-                          *model_args(files, "json"))
+                          "--review-mask", review_mask, *model_args(files, "json"))
     assert code == 0
     source, written = nib.load(files["ct"]), nib.load(out)
     assert written.shape == source.shape == (96, 64, 16)
@@ -137,14 +137,23 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert qa.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert _png_size(qa) == (1800, 600)  # three panels: axial, coronal, uncertainty
     no_leftovers(tmp_path)
-    doubt = nib.load(uncertainty)
-    assert doubt.shape == source.shape and doubt.get_data_dtype() == np.float32
-    np.testing.assert_allclose(doubt.affine, source.affine, atol=1e-5)
-    doubt = np.asarray(doubt.dataobj)
+    # The map and the disputed voxels cover the input voxels near the crop only, with their own
+    # affine: the crop grown by one voxel (the input grid is the working grid, reordered), clipped.
     (i0, i1), (j0, j1), (k0, k1) = EXPECTED_CROP_IJK
-    assert 0.0 <= doubt.min() and doubt.max() <= 1.0
-    assert not doubt[:i0].any()  # nothing was examined outside the crop (the input grid is the working grid, reordered)
-    assert doubt[i0:i1 + 1].max() > 0.0  # the lone tumor model (random weights) is unsure inside
+    near = [(max(0, a - 1), min(n - 1, b + 1)) for (a, b), n in zip(EXPECTED_CROP_IJK, source.shape)]
+    shift = np.eye(4)
+    shift[:3, 3] = [a for a, _ in near]
+    doubt, disputed = nib.load(uncertainty), nib.load(review_mask)
+    assert doubt.shape == disputed.shape == tuple(b - a + 1 for a, b in near) == (i1 - i0 + 2, 64, 16)
+    assert doubt.get_data_dtype() == disputed.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(doubt.affine, source.affine @ shift, atol=1e-5)
+    np.testing.assert_allclose(disputed.affine, source.affine @ shift, atol=1e-5)
+    doubt, disputed = np.asarray(doubt.dataobj), np.asarray(disputed.dataobj)
+    assert not doubt[0].any()  # the grown voxel outside the crop: nothing was examined there
+    assert doubt.max() > 0  # the lone tumor model (random weights) is unsure inside
+    # the disputed voxels are those at u >= 0.45, decided before the map was rounded to 255 levels
+    assert set(np.unique(disputed)) <= {0, 1} and disputed.any()
+    assert doubt[disputed == 1].min() >= 114 and doubt[disputed == 0].max() <= 115
 
     data = json.loads(report.read_text(encoding="utf-8"))
     assert {"input", "bundle", "models", "crop", "stage1", "measurements", "seconds", "peak_rss_mb"} <= set(data)
@@ -165,7 +174,7 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert isinstance(data["review"], bool) and data["review"] is review["review"]
     assert 0.0 <= review["score"] <= 1.0 and review["disputed_ml"] >= 0.0
     assert (review["disputed_threshold"], review["score_threshold"]) == (0.45, 0.1)
-    disputed_ml = np.count_nonzero(doubt >= 0.45) * float(np.prod(source.header.get_zooms())) / 1000
+    disputed_ml = np.count_nonzero(disputed) * float(np.prod(source.header.get_zooms())) / 1000
     assert review["disputed_ml"] == pytest.approx(disputed_ml, rel=0.05, abs=0.05)  # same grid up to the linear fade
 
     events = [json.loads(line) for line in stdout.splitlines()]

@@ -23,12 +23,14 @@ from KidneyTumorSegLib.locate_result import RasBox  # noqa: E402
 from KidneyTumorSegLib.measurements import measure  # noqa: E402
 from KidneyTumorSegLib.mrml.roi import roi_ras_box, roi_working_box, set_roi_box  # noqa: E402
 from KidneyTumorSegLib.mrml.scene import module_parameter_node, new_headless_scene, node_ids  # noqa: E402
-from KidneyTumorSegLib.mrml.segmentation import segment_id, segment_terminology, segmentation_labels  # noqa: E402
+from KidneyTumorSegLib.mrml.segmentation import (  # noqa: E402
+    ALGORITHM_NAME, segment_id, segment_tag, segment_terminology, segmentation_labels,
+)
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
-from KidneyTumorSegLib.mrml.volumes import add_volume, volume_array  # noqa: E402
+from KidneyTumorSegLib.mrml.volumes import add_volume, volume_affine, volume_array  # noqa: E402
 from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result  # noqa: E402
-from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review  # noqa: E402
+from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review, uncertainty_to_bytes  # noqa: E402
 
 
 class FakeRunner:
@@ -87,6 +89,15 @@ def fake_uncertainty(labels: np.ndarray) -> np.ndarray:
     return np.select([labels == 2, labels == 1], [0.6, 0.1], 0.0).astype(np.float32)
 
 
+def near_labels(labels: np.ndarray, affine: np.ndarray) -> tuple[Box, np.ndarray]:
+    """The box one voxel around the labelled voxels (the whole grid when none), and its voxel -> RAS affine."""
+    found = Box.from_mask(labels > 0)
+    box = Box.full(labels.shape) if found is None else found.expanded((2, 2, 2)).clipped(labels.shape)
+    shift = np.eye(4)
+    shift[:3, 3] = box.start
+    return box, affine @ shift
+
+
 def labels_of(image: Image) -> np.ndarray:
     return np.rint((image.array.astype(np.float32) + 100) / 100).astype(np.uint8)
 
@@ -123,8 +134,10 @@ def play(runner: FakeRunner, code: int = 0, demo: bool = False) -> None:
         write_label_map(output, result, image.affine)
         finding = kidney_finding(result, stage1 if box_file is None else None, bool(labels.any()))
         uncertainty = fake_uncertainty(result)
-        write_image(Path(runner.option("--uncertainty")), uncertainty, image.affine)
         review = case_review(EnsembleUncertainty(uncertainty, None), result, abs(np.linalg.det(image.affine[:3, :3])) / 1000)
+        near, near_affine = near_labels(result, image.affine)  # as the command line writes them: the voxels near the crop
+        write_image(Path(runner.option("--uncertainty")), uncertainty_to_bytes(uncertainty[near.slices]), near_affine)
+        write_label_map(Path(runner.option("--review-mask")), uncertainty[near.slices] >= review.disputed_threshold, near_affine)
         report = {"measurements": measure(result, image.affine), **finding, "bundle": {"demo": demo}, "review": review.review,
                   "uncertainty": review.to_json()}
         Path(runner.option("--report")).write_text(json.dumps(report))
@@ -248,6 +261,11 @@ def segment_mask(node, name: str, reference) -> np.ndarray:
         scene.RemoveNode(labelmap)
 
 
+def segment_names(node) -> list[str]:
+    segmentation = node.GetSegmentation()
+    return sorted(segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments()))
+
+
 def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     headless, volume, runner, controller, _, _ = setup
     scene = headless.scene
@@ -261,7 +279,10 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     labels = segmentation_labels(p.output_segmentation, volume)[0]
 
     overlay = p.uncertainty_volume
-    assert overlay.GetName() == "case uncertainty" and np.array_equal(volume_array(overlay), fake_uncertainty(labels))
+    near, near_affine = near_labels(labels, case.affine)
+    assert overlay.GetName() == "case uncertainty" and volume_array(overlay).shape == near.size  # only near the crop
+    np.testing.assert_allclose(volume_array(overlay), fake_uncertainty(labels)[near.slices], atol=0.5 / 255)
+    assert volume_array(overlay).dtype == np.float32 and np.allclose(volume_affine(overlay), near_affine)
     display = overlay.GetDisplayNode()
     assert display.GetColorNodeID() == "vtkMRMLColorTableNodeIron"  # Inferno is a colour file of the application
     assert (display.GetWindow(), display.GetLevel(), display.GetAutoWindowLevel()) == (1.0, 0.5, 0)
@@ -271,10 +292,17 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     assert (view.GetForegroundVolumeID(), view.GetBackgroundVolumeID()) == (overlay.GetID(), volume.GetID())
     assert view.GetForegroundOpacity() == 0.5
 
-    review_id = segment_id(p.output_segmentation, "Review")
-    assert review_id and not p.output_segmentation.GetDisplayNode().GetSegmentVisibility(review_id)  # off by default
-    assert np.array_equal(segment_mask(p.output_segmentation, "Review", volume), labels == 2) and (labels == 2).any()
-    assert np.array_equal(labels, segmentation_labels(p.output_segmentation, volume)[0])  # Kidney and Tumor untouched
+    # The disputed voxels live in a node of their own, linked to the CT and hidden; the result holds
+    # Kidney and Tumor only, so DICOM SEG export of it writes two segments, both AUTOMATIC.
+    result, disputed = p.output_segmentation, p.review_segmentation
+    assert disputed.GetName() == "case review" and not disputed.GetDisplayNode().GetVisibility()
+    assert disputed.GetNodeReference(disputed.GetReferenceImageGeometryReferenceRole()) is volume
+    assert np.array_equal(segment_mask(disputed, "Review", volume), labels == 2) and (labels == 2).any()
+    assert segment_names(result) == ["Kidney", "Tumor"] and segment_names(disputed) == ["Review"]
+    for node, name in ((result, "Kidney"), (result, "Tumor"), (disputed, "Review")):
+        segment = node.GetSegmentation().GetSegment(segment_id(node, name))
+        assert segment_tag(segment, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
+        assert segment_tag(segment, "DICOM.SegmentAlgorithmName") == ALGORITHM_NAME
 
     report = controller.review
     voxel_ml = abs(np.linalg.det(case.affine[:3, :3])) / 1000
@@ -297,6 +325,7 @@ def test_the_uncertainty_overlay_the_review_segment_and_the_score(setup, case):
     other = add_volume(scene, Image(case.array.astype(np.int16), case.affine), "other")
     controller.update(input_volume=other)
     assert controller.parameters.uncertainty_volume is None and controller.review is None
+    assert controller.parameters.review_segmentation is None
     assert not view.GetForegroundVolumeID()  # the old case's overlay leaves the views
     assert node_ids(scene) - nodes == {other.GetID()}
 
@@ -321,6 +350,34 @@ def test_cancel_kills_the_run_and_leaves_the_scene_as_it_was(setup, run):
     assert roi_ras_box(controller.parameters.crop_roi) == crop_before
     assert not job_folder.exists()
     assert controller.locate()  # a new run may start at once
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_removing_the_ct_during_a_run_cancels_it_or_refuses_its_results(setup, told):
+    """The panel tells the controller when a node leaves the scene: the run is cancelled. Where
+    nobody tells it (the console), the finished run's results are refused, not built on a volume
+    that is gone."""
+    headless, volume, runner, controller, _, _ = setup
+    scene = headless.scene
+    other = add_volume(scene, Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), "other")
+    controller.update(input_volume=volume, show_3d=False)
+    nodes = node_ids(scene)
+    assert controller.segment()
+    play(runner)  # the command line has written its outputs, not yet reported
+    job_folder = Path(runner.option("-o")).parent
+    controller.node_removed(other)  # another node leaving changes nothing
+    assert controller.running and runner.cancels == 0
+    scene.RemoveNode(volume)
+    if told:
+        controller.node_removed(volume)
+        assert runner.cancels == 1 and controller.status().startswith("Cancelled: the input volume 'case' was removed")
+    else:
+        controller.poll()
+        assert controller.status().startswith("Failed: the input volume 'case' was removed from the scene")
+    assert controller.state is State.NO_INPUT  # the CT is gone: MRML dropped the reference to it
+    assert not controller.running and node_ids(scene) == nodes - {volume.GetID()} and not job_folder.exists()
+    controller.poll()  # a late report of the killed run changes nothing
+    assert node_ids(scene) == nodes - {volume.GetID()}
 
 
 def test_a_failed_run_reports_the_error_and_adds_nothing(setup):

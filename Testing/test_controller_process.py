@@ -90,6 +90,8 @@ def test_cli_command_builds_the_documented_argument_lists(tmp_path):
     segment = command.segment(Path("in.nii"), Path("out.nii.gz"), options, Path("box.json"), Path("report.json"))
     assert segment[segment.index("--box") + 1] == "box.json" and segment[segment.index("--members") + 1] == "KT,T-vnet"
     assert "--box" not in command.segment(Path("in.nii"), Path("out.nii.gz"), RunOptions())
+    full = command.segment(Path("in.nii"), Path("out.nii.gz"), options, None, None, Path("u.nii.gz"), Path("r.nii.gz"))
+    assert full[full.index("--uncertainty") + 1] == "u.nii.gz" and full[full.index("--review-mask") + 1] == "r.nii.gz"
     assert "--bundle" not in command.segment(Path("in.nii"), Path("out.nii.gz"), RunOptions())
     assert command.environment()["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
 
@@ -170,6 +172,31 @@ def test_real_cli_locate_drag_segment_then_cancel(small_ct, untrained_bundle):
         assert not _alive(pid)
     finally:
         controller.close()
+
+
+def test_segment_folder_raises_when_no_case_succeeded(small_ct, untrained_bundle, tmp_path, caplog):
+    """The real batch on a folder with an unreadable .nrrd: it exits 3 (some cases failed); the case
+    that worked is written and the failure named, and a folder where every case fails is an error
+    carrying the case's own message, not an empty list."""
+    pytest.importorskip("slicer")
+    import shutil
+
+    from KidneyTumorSegLib.folder_segmentation import segment_folder
+
+    inputs, broken = tmp_path / "in", tmp_path / "broken"
+    for folder in (inputs, broken):
+        folder.mkdir()
+        (folder / "case_b.nrrd").write_bytes(b"NRRD0004\ntype: nonsense\n\n")
+    shutil.copy(small_ct, inputs / "case_a.nii.gz")
+    command = CliCommand()
+    options = RunOptions(bundle=str(untrained_bundle), device="cpu", members=("KT",))
+    with caplog.at_level("WARNING", logger="KidneyTumorSegLib.folder_segmentation"):
+        written = segment_folder(inputs, tmp_path / "out", runner_for(command), command, options)
+    assert [p.name for p in written] == ["case_a.seg.nrrd"]
+    assert "1 of 2 cases failed" in caplog.text and "case_b" in caplog.text
+    with pytest.raises(RuntimeError, match=r"no case was segmented: 1 of 1 failed; case_b: .*case_b\.nrrd"):
+        segment_folder(broken, tmp_path / "out broken", runner_for(command), command, options)
+    assert not list((tmp_path / "out broken").glob("*.seg.nrrd"))
 
 
 def test_windows_children_get_their_own_group_and_no_console_window(monkeypatch):

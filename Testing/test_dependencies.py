@@ -48,8 +48,10 @@ class FakePackaging:
 
 
 class FakeSlicerPython(SlicerPython):
-    def __init__(self, versions: dict[str, str], extension: bool = True, backends=("cpu",), packaging=None):
+    def __init__(self, versions: dict[str, str], extension: bool = True, backends=("cpu",), packaging=None,
+                 machine=("linux", "x86_64")):
         self.versions = dict(versions)
+        self.machine = machine
         self.utils = FakeTorchUtils(self, backends) if extension else None
         self._packaging = packaging(self) if packaging else None
         self.pip_calls: list[list[str]] = []
@@ -57,6 +59,9 @@ class FakeSlicerPython(SlicerPython):
 
     def installed_version(self, distribution):
         return self.versions.get(distribution)
+
+    def platform(self):
+        return self.machine
 
     def torch_utils(self):
         return self.utils
@@ -114,10 +119,10 @@ def test_versions_compare_by_release():
 def test_a_fresh_slicer_is_not_ready_and_says_what_to_install():
     status = check(FakeSlicerPython(SLICER_5_8))
     assert not status.ready and status.pytorch_extension and status.torch_version is None
-    assert [r.name for r in status.missing] == ["nibabel"]
-    assert status.describe() == "Install dependencies: PyTorch>=2.4 (through the PyTorch extension), nibabel>=5.0."
+    assert [r.name for r in status.missing] == ["nibabel", "pynrrd"]
+    assert status.describe() == "Install dependencies: PyTorch>=2.4 (through the PyTorch extension), nibabel>=5.0, pynrrd>=1.0."
     assert "PyTorch extension" in check(FakeSlicerPython(SLICER_5_8, extension=False)).describe()
-    assert check(FakeSlicerPython({**SLICER_5_8, "torch": "2.13.0", "nibabel": "5.3.2"})).ready
+    assert check(FakeSlicerPython({**SLICER_5_8, "torch": "2.13.0", "nibabel": "5.3.2", "pynrrd": "1.1.3"})).ready
 
 
 def test_the_console_installs_nothing_and_raises_with_the_way_to_install():
@@ -136,9 +141,9 @@ def test_first_use_on_slicer_5_8_installs_torch_as_detected_then_nibabel_after_n
     assert ensure(python, user)
     assert python.utils.installs == [{"askConfirmation": False, "backend": backend, "requirement": ">=2.4"}]
     assert "PyTorch>=2.4" in user.questions[0] and "cu126" in user.questions[1] and "nibabel>=5.0" in user.questions[2]
-    assert python.pip_calls == [["nibabel>=5.0", "-c", python.pip_calls[0][2]]]
+    assert python.pip_calls == [["nibabel>=5.0", "pynrrd>=1.0", "-c", python.pip_calls[0][3]]]
     assert python.constraints == ["numpy==1.26.4\n"]  # Slicer's own numpy stays as it is
-    assert not Path(python.pip_calls[0][2]).exists()  # the constraints file is removed afterwards
+    assert not Path(python.pip_calls[0][3]).exists()  # the constraints file is removed afterwards
     assert check(python).ready
 
 
@@ -160,7 +165,7 @@ def test_slicer_5_12_installs_through_pip_ensure_and_a_declined_dialog_is_no_err
     python = FakeSlicerPython({**SLICER_5_8, "torch": "2.13.0"}, packaging=FakePackaging)
     assert ensure(python, Answers())  # pip_ensure asks itself, naming the packages
     call = python.packaging().calls[0]
-    assert call["requirements"] == ["nibabel>=5.0", "scipy>=1.10"] and call["requester"] == "KidneyTumorSeg"
+    assert call["requirements"] == ["nibabel>=5.0", "scipy>=1.10", "pynrrd>=1.0"] and call["requester"] == "KidneyTumorSeg"
     assert call["constraints"] == "numpy==1.26.4\n" and python.pip_calls == []
     declined = FakeSlicerPython({**SLICER_5_8, "torch": "2.13.0"}, packaging=lambda p: FakePackaging(p, decline=True))
     assert ensure(declined, Answers()) is False
@@ -203,9 +208,50 @@ def test_pip_install_gets_a_list_that_keeps_a_windows_path_whole(monkeypatch):
 def test_the_real_boundary_reads_this_python(monkeypatch):
     python = SlicerPython()
     assert python.installed_version("numpy") is not None and python.installed_version("no-such-package-here") is None
+    # every requirement of requirements.txt is seen where it is installed, pynrrd (module nrrd) too
+    assert all(python.installed_version(r.name) is not None for r in dependencies.read_requirements())
+    assert "pynrrd" in {r.name for r in dependencies.read_requirements()}  # Slicer bundles no NRRD reader for Python
     assert python.torch_utils() is None
     fake = types.ModuleType("PyTorchUtils")
     fake.PyTorchUtilsLogic = lambda: "logic"
     monkeypatch.setitem(sys.modules, "PyTorchUtils", fake)
     assert python.torch_utils() == "logic"
     assert dependencies.MIN_TORCH_VERSION == "2.4"
+
+
+@pytest.mark.parametrize("torch_version", [None, "2.2.2"])  # nothing yet, or what PyTorchUtils brings there
+def test_macos_on_x86_64_is_refused_with_where_it_runs(torch_version):
+    versions = {**SLICER_5_8, **({"torch": torch_version} if torch_version else {})}
+    python = FakeSlicerPython(versions, machine=("darwin", "x86_64"))
+    status = check(python)
+    assert not status.ready and "no build newer than 2.2.2 for macOS on x86-64" in status.describe()
+    assert "Linux or Windows" in status.describe() and "arm64" in status.describe()
+    with pytest.raises(DependencyError, match="no build newer than 2.2.2"):
+        ensure(python, Answers(True, True, True))
+    assert python.utils.installs == [] and python.pip_calls == []  # nothing was tried
+    apple_silicon = FakeSlicerPython(versions if torch_version is None else SLICER_5_8, machine=("darwin", "arm64"))
+    assert ensure(apple_silicon, Answers(True, True, True)) and apple_silicon.utils.installs  # a native Python installs
+
+
+def test_a_second_install_while_one_runs_is_refused_and_installs_nothing():
+    """Slicer's installers process events while pip runs, so a second click arrives inside the first install."""
+    python = FakeSlicerPython(SLICER_5_8)
+    second: list = []
+
+    class ClickedAgain(FakeTorchUtils):
+        def installTorch(self, **kwargs):
+            assert dependencies.installing()
+            try:
+                ensure(python, Answers(True, True, True))
+            except DependencyError as error:
+                second.append(str(error))
+            return super().installTorch(**kwargs)
+
+    python.utils = ClickedAgain(python)
+    assert ensure(python, Answers(True, True, True)) and not dependencies.installing()
+    assert second == ["KidneyTumorSeg is installing its dependencies already: wait until it has finished"]
+    assert len(python.utils.installs) == 1 and len(python.pip_calls) == 1  # one PyTorch, one pip
+    failing = FakeSlicerPython(SLICER_5_8, extension=False)
+    with pytest.raises(DependencyError):
+        ensure(failing, Answers(True))
+    assert not dependencies.installing()  # an install that failed frees the way for the next

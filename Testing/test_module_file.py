@@ -36,6 +36,13 @@ def test_a_fresh_slicer_shows_the_install_state_and_imports_nothing_it_lacks(fre
     assert view["statusLabel"]["text"] == "Install dependencies: PyTorch>=2.4 (through the PyTorch extension), nibabel>=5.0."
 
 
+def test_a_second_click_while_installing_starts_no_second_install(fresh):
+    clicks = fresh["install_clicks"]
+    assert len(clicks["questions"]) == 1  # the second click, delivered while the installer asked, asked nothing
+    assert clicks["questions"][0]["button_enabled"] is False and clicks["questions"][0]["status"] == "Installing dependencies…"
+    assert clicks["button_enabled_after"] is True and clicks["errors"] == []  # declining is no error
+
+
 def test_the_console_api_raises_a_runtime_error_with_the_way_to_install(fresh):
     name, is_runtime_error, message = fresh["console_error"]
     assert is_runtime_error and name == "DependencyError"
@@ -64,6 +71,7 @@ def test_with_dependencies_the_controller_is_built_and_the_path_editor_keeps_the
     assert result["path_editor_sets"] == []  # what the user typed is not written back
     assert result["path_editor_after_change"] == "/models/other"
     assert result["history_calls"] == [["addCurrentPathToHistory"]] and result["history_calls_again"] == result["history_calls"]
+    assert result["removed_nodes_told"] == ["a CT"]  # the panel tells the controller, which cancels a run on it
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,6 +34,9 @@ def test_written_file_reads_back_with_kidney_tumor_terms_and_voxels(real_labels,
     assert _same_segments(read.segments)
     assert "SCT^64033007^Kidney" in read.segments["Kidney"].terminology
     assert "SCT^108369006^Neoplasm" in read.segments["Tumor"].terminology
+    # DICOM SEG export reads these tags; without them it calls the segments MANUAL
+    assert {info.algorithm[0] for info in read.segments.values()} == {"AUTOMATIC"}
+    assert all(0 < len(info.algorithm[1]) <= 64 for info in read.segments.values())  # a DICOM LO value
     assert [p.name for p in tmp_path.iterdir()] == ["case.seg.nrrd"]  # no temporary left behind
 
 
@@ -42,6 +45,7 @@ def _same_segments(segments) -> bool:
     assert segments.keys() == expected.keys()
     for name, info in segments.items():
         assert (info.label, info.terminology) == (expected[name].label, expected[name].terminology)
+        assert info.algorithm == expected[name].algorithm
         assert np.allclose(info.color, expected[name].color, atol=1 / 255)
     return True
 

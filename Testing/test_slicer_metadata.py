@@ -18,7 +18,7 @@ TEXT_SUFFIXES = {".py", ".md", ".json", ".txt", ".ui", ".toml", ".cfg", ".cmake"
 
 
 def cmake_variables(path: Path = TOP_CMAKE) -> dict[str, str]:
-    """``set(NAME "value")`` and the one ``string(REPLACE ...)`` of the top CMakeLists, ``${...}`` expanded."""
+    """``set(NAME "value")`` of the top CMakeLists, ``${...}`` expanded."""
     text = path.read_text(encoding="utf-8")
     variables: dict[str, str] = {}
 
@@ -28,8 +28,6 @@ def cmake_variables(path: Path = TOP_CMAKE) -> dict[str, str]:
     for line in text.splitlines():
         if match := re.match(r'set\((\w+)\s+"([^"]*)"\)', line.strip()):
             variables[match.group(1)] = expand(match.group(2))
-        elif match := re.match(r'string\(REPLACE\s+"([^"]*)"\s+"([^"]*)"\s+(\w+)\s+"([^"]*)"\)', line.strip()):
-            variables[match.group(3)] = expand(match.group(4)).replace(match.group(1), match.group(2))
     return variables
 
 
@@ -43,12 +41,16 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_one_place_names_the_public_repository():
+def raw_url(repository_url: str) -> str:
+    """Where GitHub serves the files of ``repository_url``'s main branch."""
+    return repository_url.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main"
+
+
+def test_every_url_names_the_one_public_repository():
     variables = cmake_variables()
     url = variables["EXTENSION_REPOSITORY_URL"]
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url)
-    assert TOP_CMAKE.read_text(encoding="utf-8").count(url.split("github.com/")[1]) == 1  # named once
-    assert variables["EXTENSION_HOMEPAGE"].startswith(url)
+    assert variables["EXTENSION_HOMEPAGE"].startswith(url + "#")
     owner_repo = url.split("github.com/")[1]
     for path in repository_text_files():
         for found in re.findall(r"https://(?:github\.com|raw\.githubusercontent\.com)/KidneyTumorSeg/[\w.-]+", path.read_text(errors="ignore")):
@@ -57,8 +59,7 @@ def test_one_place_names_the_public_repository():
 
 def test_icon_and_screenshot_urls_name_files_that_exist():
     variables = cmake_variables()
-    raw = variables["EXTENSION_RAW_URL"]
-    assert raw == variables["EXTENSION_REPOSITORY_URL"].replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main"
+    raw = raw_url(variables["EXTENSION_REPOSITORY_URL"])
     icon = variables["EXTENSION_ICONURL"]
     screenshots = variables["EXTENSION_SCREENSHOTURLS"].split()
     assert screenshots

@@ -132,4 +132,4 @@ def test_icons_cmake_and_requirements_are_in_place():
     assert "slicerMacroBuildScriptedModule" in module and "WITH_GENERIC_TESTS" in module
     requirements = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8")
     names = {re.split(r"[<>=~ ]", line)[0] for line in requirements.splitlines() if line.strip() and not line.startswith("#")}
-    assert {"nibabel", "scipy"} <= names and not names & {"torch", "numpy", "vtk", "SimpleITK", "slicer-core"}
+    assert {"nibabel", "scipy", "pynrrd"} <= names and not names & {"torch", "numpy", "vtk", "SimpleITK", "slicer-core"}

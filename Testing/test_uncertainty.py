@@ -8,7 +8,9 @@ import pytest
 
 from KidneyTumorSegLib.fusion import assign_labels, clean_tumor
 from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, MethodSettings
-from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review, decision_uncertainty, ensemble_uncertainty
+from KidneyTumorSegLib.uncertainty import (
+    EnsembleUncertainty, case_review, decision_uncertainty, ensemble_uncertainty, uncertainty_from_bytes, uncertainty_to_bytes,
+)
 
 SHAPE = (4, 30, 30)
 
@@ -154,3 +156,13 @@ def test_case_review_counts_disputed_voxels_of_the_examined_region() -> None:
 def test_a_case_with_nothing_labelled_or_disputed_scores_zero() -> None:
     review = case_review(EnsembleUncertainty(np.full(SHAPE, 0.2, np.float32), None), np.zeros(SHAPE, np.uint8), 0.002)
     assert review.score == 0.0 and not review.review and review.disputed_ml == 0.0
+
+
+def test_a_stored_map_keeps_255_levels_and_the_memory_order():
+    values = np.asfortranarray(np.random.default_rng(3).uniform(-0.2, 1.2, (7, 6, 5)).astype(np.float32))
+    stored = uncertainty_to_bytes(values)
+    assert stored.dtype == np.uint8 and stored.flags.f_contiguous  # written as NIfTI holds it, no copy
+    assert stored.min() == 0 and stored.max() == 255  # clipped to [0, 1] first
+    back = uncertainty_from_bytes(stored)
+    np.testing.assert_allclose(back, np.clip(values, 0, 1), atol=0.5 / 255 + 1e-7)
+    assert uncertainty_to_bytes(np.float32([0.45]))[0] == 115  # the disputed threshold's level

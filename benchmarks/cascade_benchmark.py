@@ -20,7 +20,7 @@ stage 1, so no support rule either (support.py); ``cascade+compile`` is the casc
 would: the true kidney box plus the stage-2 margin, without the support rule.
 
 ``--uncertainty on`` (the default) runs as the Slicer module does: the ensemble's uncertainty and
-review score, and the uncertainty map on the input grid written beside the labels; ``off`` writes
+review score, and the uncertainty map (uint8, near the crop) and review mask written beside the labels; ``off`` writes
 the labels only. With both, ``uncertainty_cost`` holds the ratios of time and peak memory.
 
 ``--baseline REF`` also runs every configuration with the engine of git commit ``REF`` (exported
@@ -31,6 +31,7 @@ not a network: reading, preparing, going back to the input grid and writing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import itertools
@@ -122,8 +123,7 @@ def run_single(args: argparse.Namespace) -> dict:
     from KidneyTumorSegLib.boxes import Box
     from KidneyTumorSegLib.bundle import load_bundle
     from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
-    from KidneyTumorSegLib.crop_values import crop_to_source
-    from KidneyTumorSegLib.imageio import read_image, write_image, write_label_map
+    from KidneyTumorSegLib.imageio import read_image, write_label_map
     from KidneyTumorSegLib.metrics import kits_dice
     from KidneyTumorSegLib.settings import DEFAULT_SETTINGS
     from KidneyTumorSegLib.stage1 import stage2_crop
@@ -170,13 +170,8 @@ def run_single(args: argparse.Namespace) -> dict:
             written = time.perf_counter()
             write_label_map(Path(folder) / "out.nii.gz", result.labels, image.affine)
             timings["write"] = time.perf_counter() - written
-            if result.uncertainty is not None:  # as `segment --uncertainty` and the Slicer module write it
-                written = time.perf_counter()
-                on_input = crop_to_source(result.uncertainty, result.crop_box, case.frame)
-                timings["uncertainty_to_input_grid"] = time.perf_counter() - written
-                write_image(Path(folder) / "uncertainty.nii.gz", on_input, image.affine)
-                timings["write_uncertainty"] = time.perf_counter() - written - timings["uncertainty_to_input_grid"]
-                del on_input
+            if result.uncertainty is not None:  # as the Slicer module asks `segment` for them
+                timings.update(write_uncertainty(result, case, image.affine, Path(folder)))
         if cascade.device.type == "cuda":
             torch.cuda.synchronize()
         each.append(time.perf_counter() - begin)
@@ -208,6 +203,29 @@ def run_single(args: argparse.Namespace) -> dict:
         "review": None if result.review is None else result.review.to_json(),
         "engine_in_this_checkout": Path(sys.modules[Cascade.__module__].__file__).resolve().is_relative_to(REPOSITORY),
     }
+
+
+def write_uncertainty(result, case, affine: np.ndarray, folder: Path) -> dict[str, float]:
+    """Write the uncertainty map and review mask as `segment` writes them for the Slicer module;
+    seconds to bring them onto the input grid and to write them. An engine from before
+    uncertainty_files.py (``--baseline``) writes its float32 map on the whole input grid."""
+    start = time.perf_counter()
+    try:
+        from KidneyTumorSegLib.uncertainty_files import uncertainty_near_crop, write_uncertainty_files
+    except ImportError:
+        from KidneyTumorSegLib.crop_values import crop_to_source
+        from KidneyTumorSegLib.imageio import write_image
+
+        on_input = crop_to_source(result.uncertainty, result.crop_box, case.frame)
+        resampled = time.perf_counter()
+        write_image(folder / "uncertainty.nii.gz", on_input, affine)
+    else:
+        near = uncertainty_near_crop(result.uncertainty, result.crop_box, case.frame, affine)
+        resampled = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            write_uncertainty_files(stack, near, result.review.disputed_threshold, False,
+                                    folder / "uncertainty.nii.gz", folder / "review.nii.gz")
+    return {"uncertainty_to_input_grid": resampled - start, "write_uncertainty": time.perf_counter() - resampled}
 
 
 def run_child(args: argparse.Namespace, config: dict, image: Path, labels: Path, labels_out: Path,

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .colours import BOX_COLOURS
-from .imageio import read_image
+from .imageio import Image, read_image
 from .locate_result import LocateOutcome
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
 from .mrml.scene import node_ids
 from .mrml.segmentation import (
-    fill_review_segment, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, set_review_attributes, show_3d,
+    fill_review, fill_segmentation, has_segments, link_to_volume, new_segmentation_node, set_review_attributes, show_3d,
 )
 from .mrml.table import TABLE_NODE, fill_measurements_table
 from .mrml.uncertainty import set_overlay, show_uncertainty
@@ -35,6 +35,7 @@ from .mrml.volumes import volume_affine, write_volume_nifti
 from .process import CliCommand, DoneEvent, ProcessRunner, ProgressEvent, RunOptions, parse_line
 from .report import DEMO_NOTICE, made_by_demo
 from .settings import DEFAULT_SETTINGS
+from .uncertainty import uncertainty_from_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Parameters:
     output_segmentation: Any = _node()
     results_table: Any = _node()
     uncertainty_volume: Any = _node()
+    review_segmentation: Any = _node()
     bundle_path: str = ""
     device: str = "auto"
     members: tuple[str, ...] = ()
@@ -141,6 +143,7 @@ class _Job:
     output: Path
     report: Path | None = None
     uncertainty: Path | None = None
+    review_mask: Path | None = None
 
 
 def _refuse(message: str) -> bool:
@@ -197,7 +200,8 @@ class Controller:
                 set_visible(node, False)
             set_overlay(current.uncertainty_volume, False)
             new = dataclasses.replace(new, crop_roi=None, segmentation_roi=None, landmark_roi=None, landmarks=None,
-                                      output_segmentation=None, results_table=None, uncertainty_volume=None)
+                                      output_segmentation=None, results_table=None, uncertainty_volume=None,
+                                      review_segmentation=None)
             self._outcome, self.decisions, self.measurements, self.report = None, (), None, {}
         self._store(new)
         self._show_markups(new)
@@ -286,13 +290,13 @@ class Controller:
                 return False
         folder = self._job_folder()
         job = _Job(State.SEGMENTING, p.input_volume, folder, folder / "labels.nii.gz", folder / "report.json",
-                   folder / "uncertainty.nii.gz")
+                   folder / "uncertainty.nii.gz", folder / "review.nii.gz")
         box = None
         if p.crop_roi is not None:
             box = folder / "box.json"
             box.write_text(json.dumps(roi_ras_box(p.crop_roi).to_json()), encoding="utf-8")
         return self._start(job, lambda image: self.command.segment(image, job.output, p.run_options(), box, job.report,
-                                                                   job.uncertainty))
+                                                                   job.uncertainty, job.review_mask))
 
     def _start(self, job: _Job, argv_for: Callable[[Path], list[str]]) -> bool:
         self._job, self._outcome, self.error = job, None, ""
@@ -315,6 +319,15 @@ class Controller:
             return
         self.runner.cancel()
         self._end(job, State.CANCELLED)
+
+    def node_removed(self, node: Any) -> None:
+        """Tell the controller that ``node`` left the scene: a run on it is cancelled (its results
+        would be built against a volume that is gone)."""
+        job = self._job
+        if job is not None and node is not None and _same_node(node, job.volume):
+            self.runner.cancel()
+            self._end(job, State.CANCELLED, message=f"Cancelled: the input volume '{job.volume.GetName()}' was removed "
+                                                    "from the scene.")
 
     def poll(self) -> bool:
         """Deliver the runner's pending output; True while a run is in progress."""
@@ -362,6 +375,10 @@ class Controller:
         if code != 0:
             self._end(job, State.FAILED, _error_line(stderr, code))
             return
+        if self.scene.GetNodeByID(job.volume.GetID()) is not job.volume:  # removed while the run went on
+            error = f"the input volume '{job.volume.GetName()}' was removed from the scene: nothing was added"
+            self._end(job, State.FAILED, error, message=f"Failed: {error}.")
+            return
         before = node_ids(self.scene)
         try:
             if job.kind is State.LOCATING:
@@ -378,8 +395,10 @@ class Controller:
             return
         self._end(job, State.LOCATED if job.kind is State.LOCATING else State.DONE)
 
-    def _end(self, job: _Job, outcome: State, error: str = "") -> None:
-        self._job, self._outcome, self.error, self.message = None, outcome, error, ""
+    def _end(self, job: _Job, outcome: State, error: str = "", message: str = "") -> None:
+        """Finish ``job`` with ``outcome``; ``message`` is the status line until the next change (else
+        the outcome's own)."""
+        self._job, self._outcome, self.error, self.message = None, outcome, error, message
         self._bundle_used = self.parameters.bundle_path if outcome in (State.LOCATED, State.DONE) else ""
         shutil.rmtree(job.folder, ignore_errors=True)
         if error:
@@ -414,14 +433,18 @@ class Controller:
         if p.show_3d:
             show_3d(target)
         review = report["uncertainty"]
-        image = read_image(job.uncertainty)
-        uncertainty = show_uncertainty(p.uncertainty_volume, image, self.scene, f"{name} uncertainty", job.volume,
-                                       p.show_uncertainty)
-        fill_review_segment(target, image.array >= review["disputed_threshold"], image.affine)
+        stored = read_image(job.uncertainty)  # uint8 over the input voxels near the crop (uncertainty_files.py)
+        uncertainty = show_uncertainty(p.uncertainty_volume, Image(uncertainty_from_bytes(stored.array), stored.affine),
+                                       self.scene, f"{name} uncertainty", job.volume, p.show_uncertainty)
+        mask = read_image(job.review_mask)  # the disputed voxels, decided by the command line
+        disputed = p.review_segmentation or new_segmentation_node(self.scene, f"{name} review")
+        link_to_volume(disputed, job.volume)
+        fill_review(disputed, mask.array, mask.affine)
         set_review_attributes(target, review)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
         fill_measurements_table(table, report["measurements"], review)
-        self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty))
+        self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty,
+                                        review_segmentation=disputed))
         self.measurements, self.report = report["measurements"], report
 
     # -- temporary files -------------------------------------------------------------------------

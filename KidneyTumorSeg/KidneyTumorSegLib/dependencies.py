@@ -12,7 +12,9 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,16 @@ REQUESTER = "KidneyTumorSeg"
 OFFLINE_HELP = "see 'Offline install' in docs/slicer_console.md"
 
 Confirm = Callable[[str], bool]
+
+# Where pip finds no PyTorch >= 2.4, by (sys.platform, platform.machine()) of Slicer's Python:
+# PyTorch's last macOS x86-64 wheels are 2.2.2, and Slicer's macOS releases are x86-64 builds (run
+# under Rosetta on Apple silicon), so their Python is x86-64 on every Mac.
+NO_TORCH_PLATFORMS = {("darwin", "x86_64"): "macOS on x86-64"}
+NO_TORCH_MESSAGE = (
+    "KidneyTumorSeg needs PyTorch{requirement}, and PyTorch publishes no build newer than 2.2.2 for {where}, "
+    "which this Slicer's Python is (an Intel Mac, or Slicer for Intel under Rosetta on Apple silicon): use "
+    "KidneyTumorSeg in Slicer on Linux or Windows, or its command line from a native (arm64) Python on an "
+    "Apple-silicon Mac")
 
 
 class DependencyError(RuntimeError):
@@ -88,16 +100,24 @@ def version_at_least(version: str, minimum: str) -> bool:
     return have + (0,) * (width - len(have)) >= want + (0,) * (width - len(want))
 
 
+# Distributions of requirements.txt whose module has another name.
+IMPORT_NAMES = {"pynrrd": "nrrd"}
+
+
 class SlicerPython:
     """Slicer's side of installing: what is installed, PyTorchUtils, ``slicer.packaging`` and
     ``slicer.util.pip_install``. Each import happens only when asked for."""
 
+    def platform(self) -> tuple[str, str]:
+        """``(sys.platform, platform.machine())`` of this Python, e.g. ``("darwin", "x86_64")``."""
+        return sys.platform, platform.machine()
+
     def installed_version(self, distribution: str) -> str | None:
-        """The version of an installed distribution whose module (of the same name) can be found,
-        or None. Nothing is imported."""
+        """The version of an installed distribution whose module (of the same name, or the one
+        :data:`IMPORT_NAMES` gives) can be found, or None. Nothing is imported."""
         try:
             version = importlib.metadata.version(distribution)
-            found = importlib.util.find_spec(distribution) is not None
+            found = importlib.util.find_spec(IMPORT_NAMES.get(distribution, distribution)) is not None
         except (importlib.metadata.PackageNotFoundError, ImportError, ValueError):
             return None
         return version if found else None
@@ -132,6 +152,8 @@ class DependencyStatus:
     pytorch_extension: bool
     torch_version: str | None
     missing: tuple[Requirement, ...]
+    no_torch_here: str | None = None
+    """Why no PyTorch >= 2.4 can be installed on this platform (:data:`NO_TORCH_PLATFORMS`), else None."""
 
     @property
     def torch_ok(self) -> bool:
@@ -156,6 +178,8 @@ class DependencyStatus:
         """One line for the panel's status label."""
         if self.ready:
             return "All dependencies are installed."
+        if self.no_torch_here is not None and not self.torch_ok:
+            return f"{self.no_torch_here}."
         if not self.pytorch_extension:
             return "Install the PyTorch extension from the Extensions Manager and restart Slicer."
         return f"Install dependencies: {', '.join(self.needed())}."
@@ -165,11 +189,23 @@ def check(python: SlicerPython, requirements: Sequence[Requirement] | None = Non
     """What is installed now (torch's version is read on every call, never cached)."""
     importlib.invalidate_caches()
     requirements = read_requirements() if requirements is None else requirements
+    where = NO_TORCH_PLATFORMS.get(python.platform())
     return DependencyStatus(
         pytorch_extension=python.torch_utils() is not None,
         torch_version=python.installed_version("torch"),
         missing=tuple(r for r in requirements if not r.satisfied_by(python.installed_version(r.name))),
+        no_torch_here=None if where is None else NO_TORCH_MESSAGE.format(requirement=TORCH_REQUIREMENT, where=where),
     )
+
+
+_installing = False
+
+
+def installing() -> bool:
+    """Whether :func:`ensure` is running in this process. Slicer's installers process the
+    application's events on every line pip prints, so a second click on *Install dependencies*
+    (or *Segment*) reaches the panel while the first install runs; the panel checks this first."""
+    return _installing
 
 
 def ensure(python: SlicerPython, confirm: Confirm | None, requirements_file: str | os.PathLike = REQUIREMENTS) -> bool:
@@ -181,12 +217,27 @@ def ensure(python: SlicerPython, confirm: Confirm | None, requirements_file: str
     requirements through ``slicer.packaging.pip_ensure`` (Slicer >= 5.12, whose dialog names them)
     or ``slicer.util.pip_install`` after a question naming them; Slicer's own numpy, vtk and
     SimpleITK are pinned while pip runs. An installed PyTorch older than 2.4 is refused with the
-    way to replace it.
+    way to replace it; so is a platform where pip finds no PyTorch >= 2.4 (macOS x86-64), saying
+    where KidneyTumorSeg runs. While one call installs, another (from a second click) raises
+    :class:`DependencyError` and installs nothing.
     """
+    global _installing
+    if _installing:
+        raise DependencyError("KidneyTumorSeg is installing its dependencies already: wait until it has finished")
+    _installing = True
+    try:
+        return _ensure(python, confirm, requirements_file)
+    finally:
+        _installing = False
+
+
+def _ensure(python: SlicerPython, confirm: Confirm | None, requirements_file: str | os.PathLike) -> bool:
     requirements = read_requirements(requirements_file)
     status = check(python, requirements)
     if status.ready:
         return True
+    if status.no_torch_here is not None and not status.torch_ok:
+        raise DependencyError(status.no_torch_here)
     if not status.pytorch_extension:
         raise DependencyError("KidneyTumorSeg needs the PyTorch extension: install it from the Extensions Manager, then restart Slicer")
     if status.torch_version is not None and not status.torch_ok:

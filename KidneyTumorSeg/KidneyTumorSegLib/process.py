@@ -120,9 +120,9 @@ class CliCommand:
                 "--overwrite"]
 
     def segment(self, image: Path, output: Path, options: RunOptions, box: Path | None = None, report: Path | None = None,
-                uncertainty: Path | None = None) -> list[str]:
-        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None; ``--report``
-        and ``--uncertainty`` when given)."""
+                uncertainty: Path | None = None, review_mask: Path | None = None) -> list[str]:
+        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None; ``--report``,
+        ``--uncertainty`` and ``--review-mask`` when given)."""
         argv = [*self._base("segment"), str(image), "-o", str(output), *options.argv(), "--progress", "json", "--overwrite"]
         if box is not None:
             argv += ["--box", str(box)]
@@ -130,6 +130,8 @@ class CliCommand:
             argv += ["--report", str(report)]
         if uncertainty is not None:
             argv += ["--uncertainty", str(uncertainty)]
+        if review_mask is not None:
+            argv += ["--review-mask", str(review_mask)]
         return argv
 
     def batch(self, input_dir: Path, output_dir: Path, options: RunOptions, overwrite: bool = False) -> list[str]:

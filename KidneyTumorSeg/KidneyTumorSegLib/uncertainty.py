@@ -143,3 +143,17 @@ def case_review(uncertainty: EnsembleUncertainty, labels: np.ndarray, voxel_ml: 
     score = count / examined if examined else 0.0
     return CaseReview(score, score >= chosen.review_score_threshold, count * voxel_ml, uncertainty.tumor_agreement,
                       chosen.disputed_threshold, chosen.review_score_threshold)
+
+
+UNCERTAINTY_LEVELS = 255  # a stored uncertainty map holds round(255 · u) as uint8: steps of 0.004
+
+
+def uncertainty_to_bytes(values: np.ndarray) -> np.ndarray:
+    """Uncertainty in [0, 1] as uint8 ``round(255 · u)``, in the array's own memory order."""
+    scaled = np.clip(values, 0.0, 1.0) * np.float32(UNCERTAINTY_LEVELS)
+    return np.rint(scaled, out=scaled).astype(np.uint8, order="K")
+
+
+def uncertainty_from_bytes(stored: np.ndarray) -> np.ndarray:
+    """A stored uint8 map back to float32 in [0, 1]."""
+    return np.asarray(stored, np.float32) / np.float32(UNCERTAINTY_LEVELS)

@@ -46,6 +46,7 @@ def run_demo(args: argparse.Namespace) -> int:
     args.report = args.out / "report.json"
     args.qa = args.out / "qa.png"
     args.uncertainty = args.out / "uncertainty.nii.gz"
+    args.review_mask = None
     args.box = None
     args.bundle = args.bundle or default_bundle_path()
     if made_by_demo(args.report, args.image):  # the demo owns its folder: its earlier outputs are replaced

@@ -15,14 +15,15 @@ from typing import Any
 from ..boxes import Box
 from ..bundle import ModelBundle, default_bundle_path, load_bundle
 from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
-from ..crop_values import crop_to_frame, crop_to_source
+from ..crop_values import crop_to_frame
 from ..geometry import WorkingFrame, working_frame_for
-from ..imageio import (Image, atomic_output, check_output_path, image_suffix, read_image, refuse_input_as_output, write_image,
+from ..imageio import (Image, atomic_output, check_output_path, image_suffix, read_image, refuse_input_as_output,
                        write_label_map)
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
 from ..report import DEMO_NOTICE, GivenCrop, box_json, crop_from_json, kidney_finding, result_notes, rounded, stage1_json
 from ..settings import DEFAULT_SETTINGS, LABEL_BACKGROUND, MethodSettings
+from ..uncertainty_files import uncertainty_near_crop, write_uncertainty_files
 from ..validation import InputError, check_ct
 from .cases import case_name
 from .display import MODES, ProgressDisplay
@@ -100,8 +101,12 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--qa", type=Path, default=None,
                         help="write a QA picture (PNG) of boxes, landmarks, result and uncertainty (default: none)")
     parser.add_argument("--uncertainty", type=Path, default=None,
-                        help="write where the ensemble disagrees: float32 in [0, 1] on the input's grid (.nii.gz, .nii "
-                             "or .nrrd); 0 = the models agree, >= 0.45 = disputed (default: none)")
+                        help="write where the ensemble disagrees (.nii.gz, .nii or .nrrd): uint8 round(255 x u), u in "
+                             "[0, 1], over the input voxels near the crop (its own affine; 0 elsewhere): 0 = the models "
+                             "agree, >= 115 (u >= 0.45) = disputed (default: none)")
+    parser.add_argument("--review-mask", type=Path, default=None,
+                        help="write the disputed voxels (u >= 0.45) as a 0/1 label map over the same voxels as "
+                             "--uncertainty (.nii.gz, .nii or .nrrd; default: none)")
     add_model_options(parser)
     parser.set_defaults(handler=run_segment)
 
@@ -258,19 +263,18 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
 
 def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, overwrite: bool,
                   report: dict | None = None, report_path: Path | None = None, qa: Path | None = None,
-                  uncertainty: Path | None = None) -> None:
-    """Write the label map / segmentation, and the report, QA picture and uncertainty map (float32
-    on the input grid) when asked: all or nothing."""
+                  uncertainty: Path | None = None, review_mask: Path | None = None) -> None:
+    """Write the label map / segmentation, and the report, QA picture, uncertainty map and review
+    mask (uncertainty_files.py) when asked: all or nothing."""
     with contextlib.ExitStack() as stack:
         labels = stack.enter_context(atomic_output(output, overwrite))
         write_result(labels, result.labels, case.image.affine, output)
         if report is not None and report_path is not None:
             report_file = stack.enter_context(atomic_output(report_path, overwrite))
             report_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if uncertainty is not None:
-            uncertainty_file = stack.enter_context(atomic_output(uncertainty, overwrite))
-            write_image(uncertainty_file, crop_to_source(result.uncertainty, result.crop_box, case.frame), case.image.affine,
-                        overwrite=True)
+        if uncertainty is not None or review_mask is not None:
+            near = uncertainty_near_crop(result.uncertainty, result.crop_box, case.frame, case.image.affine)
+            write_uncertainty_files(stack, near, result.review.disputed_threshold, overwrite, uncertainty, review_mask)
         if qa is not None:
             from ..qa import save_qa_png
 
@@ -299,12 +303,12 @@ def check_output_name(path: Path) -> None:
         raise ValueError(f"{path}: output must end with .nii.gz, .nii, .nrrd or .seg.nrrd")
 
 
-def check_uncertainty_name(path: Path | None) -> None:
-    """``--uncertainty`` must name a volume file (not a segmentation); pynrrd for .nrrd."""
+def check_uncertainty_name(path: Path | None, option: str = "--uncertainty") -> None:
+    """``--uncertainty`` (or ``option``) must name a volume file (not a segmentation); pynrrd for .nrrd."""
     if path is None:
         return
     if path.name.lower().endswith(SEGMENTATION_OUTPUT) or image_suffix(path) not in LABEL_OUTPUTS:
-        raise ValueError(f"{path}: --uncertainty must end with .nii.gz, .nii or .nrrd")
+        raise ValueError(f"{path}: {option} must end with .nii.gz, .nii or .nrrd")
     if image_suffix(path) == ".nrrd" and importlib.util.find_spec("nrrd") is None:
         raise RuntimeError("writing .nrrd needs pynrrd (pip install 'kidneytumorseg[cli]')")
 
@@ -326,8 +330,10 @@ def run_segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_output_name(args.output)
     check_uncertainty_name(args.uncertainty)
+    check_uncertainty_name(args.review_mask, "--review-mask")
     check_writers(args.output, args.qa)
-    refuse_existing([args.output, args.report, args.qa, args.uncertainty], args.overwrite, [args.image, box_file(args.box)])
+    refuse_existing([args.output, args.report, args.qa, args.uncertainty, args.review_mask], args.overwrite,
+                    [args.image, box_file(args.box)])
     options = inference_options(args)
     box = read_box_option(args.box)
     image = read_checked_image(args)
@@ -339,7 +345,8 @@ def run_segment(args: argparse.Namespace) -> int:
         result = cascade.segment(image, None if crop is None else crop.box, display, case=case)
         report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image,
                                      None if crop is None else crop.echo)
-        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty)
+        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty,
+                      args.review_mask)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
         logger.warning("%s: no kidney found: the result is empty (%s). Check the crop with --qa, or give one with --box",

@@ -13,19 +13,21 @@ import numpy as np
 
 from ..imageio import Image, atomic_output
 from .scene import private_scene
-from .segmentation import (SEGMENTS, fill_segmentation, link_to_volume, new_segmentation_node, segment_terminology,
-                           segmentation_labels)
+from .segmentation import (ALGORITHM_NAME, ALGORITHM_NAME_TAG, ALGORITHM_TYPE, ALGORITHM_TYPE_TAG, SEGMENTS, fill_segmentation,
+                           link_to_volume, new_segmentation_node, segment_tag, segment_terminology, segmentation_labels)
 from .volumes import add_volume
 
 
 @dataclass(frozen=True)
 class SegmentInfo:
-    """What a segment of a file says about itself."""
+    """What a segment of a file says about itself; ``algorithm``: its DICOM SegmentAlgorithmType and
+    SegmentAlgorithmName tags ("" where absent), which DICOM SEG export writes."""
 
     name: str
     label: int
     terminology: str
     color: tuple[float, float, float]
+    algorithm: tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,16 @@ def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile:
     segments = {}
     for n in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(n)
-        segments[segment.GetName()] = SegmentInfo(segment.GetName(), segment.GetLabelValue(),
-                                                  segment_terminology(segment), tuple(segment.GetColor()))
+        segments[segment.GetName()] = SegmentInfo(
+            segment.GetName(), segment.GetLabelValue(), segment_terminology(segment), tuple(segment.GetColor()),
+            (segment_tag(segment, ALGORITHM_TYPE_TAG), segment_tag(segment, ALGORITHM_NAME_TAG)))
     labels, affine = segmentation_labels(node)
     return SegmentationFile(labels, affine, segments)
 
 
 def expected_segments() -> dict[str, SegmentInfo]:
     """The segments :func:`write_segmentation_file` writes, by name."""
-    return {s.name: SegmentInfo(s.name, s.label, s.terminology, s.color) for s in SEGMENTS}
+    return {s.name: SegmentInfo(s.name, s.label, s.terminology, s.color, (ALGORITHM_TYPE, ALGORITHM_NAME)) for s in SEGMENTS}
 
 
 def _case_name(path: Path) -> str:
