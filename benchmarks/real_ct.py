@@ -5,7 +5,8 @@ TotalSegmentator label map of the 30-slice excerpt (classes 2 and 3: right and l
 
 - ``example_ct_sm`` (the 30 slices, ``Testing/Data/totalsegmentator``): kidney Dice (label > 0
   against the reference), precision, recall, the share of reference kidney voxels inside stage 1's
-  crop, whether a kidney was found, and the seconds of the whole cascade.
+  crop, whether a kidney was found, the share of the labelled voxels (whole image) called tumor
+  (the scan has no tumor), and the seconds of the whole cascade.
 - ``example_ct`` (the whole scan, 112 slices, in ``Testing/Data/totalsegmentator`` too): the cascade
   runs on the whole scan and is scored on the reference's 30 slices only (``example_ct_sm`` is its
   slices 82-111; the kidneys reach below them, where there is no reference), or on a whole-volume
@@ -72,6 +73,7 @@ def measure(image_path: Path, reference: np.ndarray, bundle: Path | None, thread
         "recall": round(overlap / max(int(reference.sum()), 1), 4),
         "crop_coverage": round(int(np.count_nonzero(in_crop & reference)) / max(int(reference.sum()), 1), 4),
         "kidney_found": bool(found.any()),
+        "labelled_called_tumor": round(int((result.labels == 2).sum()) / max(int(whole.sum()), 1), 4),
         "kidney_voxels": {"found": int(found.sum()), "reference": int(reference.sum()),
                           "found_in_the_whole_image": int(whole.sum())},
         "crop_box_working": result.crop_box.to_json(),

@@ -69,7 +69,8 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
                              "case); with --device auto under torchrun each process takes GPU cuda:LOCAL_RANK")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write <case>.uncertainty.nii.gz per case, where the ensemble disagrees (as segment "
-                             "--uncertainty: float32 in [0, 1] on the input's grid; cases done before are not redone "
+                             "--uncertainty: uint8 round(255 x u) over the input voxels near the crop, its own affine; cases done "
+                             "before are not redone "
                              "under --resume) (default: none)")
     add_triage_option(parser)
     add_model_options(parser)
