@@ -194,11 +194,16 @@ def test_locate_drag_segment_on_real_nodes(setup, case):
     labels = [p.landmarks.GetNthControlPointLabel(n) for n in range(p.landmarks.GetNumberOfControlPoints())]
     assert labels == ["left", "right", "center"]
 
+    # Segment with stage 1's crop as it was located: stage 1's support rule applies inside it.
+    assert controller.segment() and runner.option("--box-rule") == "support"
+    controller.cancel()
+
     # The clinician drags the crop box's right face (patient's right = low RAS x) inwards to the middle.
     located = roi_ras_box(p.crop_roi)
     middle = located.center[0]
     set_roi_box(p.crop_roi, RasBox((middle, *located.low[1:]), located.high))
     assert controller.segment() and controller.state is State.SEGMENTING and runner.command == "segment"
+    assert runner.option("--box-rule") == "authority"  # a dragged box is the user's: stage 1's support does not veto it
     sent = json.loads(Path(runner.option("--box")).read_text())
     assert np.allclose(sent["ras"], [[middle, *located.low[1:]], list(located.high)])
     dragged = box_from_json(sent, frame)

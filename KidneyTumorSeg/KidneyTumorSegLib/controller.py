@@ -22,7 +22,7 @@ from typing import Any
 
 from .colours import BOX_COLOURS
 from .imageio import read_image
-from .locate_result import LocateOutcome
+from .locate_result import LocateOutcome, RasBox
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
 from .mrml.scene import node_ids
@@ -287,12 +287,13 @@ class Controller:
         folder = self._job_folder()
         job = _Job(State.SEGMENTING, p.input_volume, folder, folder / "labels.nii.gz", folder / "report.json",
                    folder / "uncertainty.nii.gz")
-        box = None
+        box, rule = None, "authority"
         if p.crop_roi is not None:
             box = folder / "box.json"
             box.write_text(json.dumps(roi_ras_box(p.crop_roi).to_json()), encoding="utf-8")
+            rule = "support" if crop_is_stage1s(p.crop_roi) else "authority"
         return self._start(job, lambda image: self.command.segment(image, job.output, p.run_options(), box, job.report,
-                                                                   job.uncertainty))
+                                                                   job.uncertainty, rule))
 
     def _start(self, job: _Job, argv_for: Callable[[Path], list[str]]) -> bool:
         self._job, self._outcome, self.error = job, None, ""
@@ -395,7 +396,8 @@ class Controller:
             p,
             segmentation_roi=show_roi(p.segmentation_roi, outcome.segmentation_box, self.scene, f"{name} segmentation box", SEGMENTATION_BOX),
             landmark_roi=show_roi(p.landmark_roi, outcome.landmark_box, self.scene, f"{name} landmark box", LANDMARK_BOX),
-            crop_roi=show_roi(p.crop_roi, outcome.crop_box, self.scene, f"{name} crop box", CROP_BOX),
+            crop_roi=mark_stage1_crop(show_roi(p.crop_roi, outcome.crop_box, self.scene, f"{name} crop box", CROP_BOX),
+                                      outcome.crop_box),
             landmarks=show_landmarks(p.landmarks, outcome.landmarks, self.scene, f"{name} landmarks"),
         )
         self._store(p)
@@ -440,6 +442,29 @@ class Controller:
         path = write_volume_nifti(volume, self._work_dir / "input.nii")
         self._input_cache = (key, path)
         return path
+
+
+STAGE1_CROP_ATTRIBUTE = "KidneyTumorSeg.stage1Crop"
+"""ROI node attribute: the RAS corners of the crop stage 1 chose, as JSON, set by Locate."""
+
+
+def mark_stage1_crop(roi: Any, box: RasBox) -> Any:
+    """Remember on ``roi`` the crop stage 1 chose (``box``), so Segment knows whether it was moved."""
+    roi.SetAttribute(STAGE1_CROP_ATTRIBUTE, json.dumps(box.to_json()))
+    return roi
+
+
+def crop_is_stage1s(roi: Any) -> bool:
+    """Whether ``roi`` still holds the crop stage 1 chose. A box dragged or resized by the user, or an
+    ROI of the user's own, is the user's box: stage 1's support does not veto what stage 2 finds in it."""
+    stored = roi.GetAttribute(STAGE1_CROP_ATTRIBUTE)
+    if not stored:
+        return False
+    try:
+        located = RasBox.from_corners(json.loads(stored)["ras"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return roi_ras_box(roi).same_as(located)
 
 
 def _same_node(a: Any, b: Any) -> bool:

@@ -120,12 +120,12 @@ class CliCommand:
                 "--overwrite"]
 
     def segment(self, image: Path, output: Path, options: RunOptions, box: Path | None = None, report: Path | None = None,
-                uncertainty: Path | None = None) -> list[str]:
-        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None; ``--report``
-        and ``--uncertainty`` when given)."""
+                uncertainty: Path | None = None, box_rule: str = "authority") -> list[str]:
+        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON with ``--box-rule box_rule``, or stage 1
+        first when None; ``--report`` and ``--uncertainty`` when given)."""
         argv = [*self._base("segment"), str(image), "-o", str(output), *options.argv(), "--progress", "json", "--overwrite"]
         if box is not None:
-            argv += ["--box", str(box)]
+            argv += ["--box", str(box), "--box-rule", box_rule]
         if report is not None:
             argv += ["--report", str(report)]
         if uncertainty is not None:

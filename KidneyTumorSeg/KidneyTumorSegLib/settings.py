@@ -67,6 +67,9 @@ class Stage1Settings:
     support_outside: str = "trim"
     support_trim_margin_blocks: int = 1
     refine_only_when_support_is_smaller: bool = True  # [D] with the support: skip K when it cannot shrink the box
+    # [D] the user's box rule: inside a crop box the user gives (--box, a box dragged in Slicer) every kidney region
+    # stage 2 finds is kept, stage 1's support does not veto it ("authority"); "support": the support rule applies there too
+    user_box_rule: str = "authority"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ BOXES_NOTE = ("Each box is given twice: 'ijk' (inclusive voxel index ranges of t
               "indexes it) and 'ras' (two opposite corners in mm). `segment --box` reads boxes.crop: edit one of "
               "the two and delete the other; when both are present they must agree within a voxel.")
 SUPPORT_HELP = ("keep stage 2's kidney regions that stage 1 did not see, in the labels and when refining the crop "
-                "(the paper's behaviour; use it when your --box holds a kidney stage 1 missed) (default: keep those "
+                "(the paper's behaviour; a --box of yours needs no such option: see --box-rule) (default: keep those "
                 "stage 1 supports, and of the others only their part beside stage 1's kidneys)")
 LOCATE_SUPPORT_HELP = ("refine the crop with every kidney region the stage-2 kidney models find, also those stage 1 "
                        "did not see (the paper's behaviour) (default: those stage 1 supports, and of the others only their "
@@ -92,6 +92,10 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--box", default=None,
                         help="boxes.json from `locate` (its crop box, 'ijk' or 'ras'), or 'full' for the whole volume "
                              "(default: stage 1 finds the box)")
+    parser.add_argument("--box-rule", choices=("authority", "support"), default=DEFAULT_SETTINGS.stage1.user_box_rule,
+                        help="with --box: authority (every kidney region stage 2 finds inside your box is kept) or support "
+                             "(stage 1's support rule applies inside it too, as in stage 1's own crop) "
+                             f"(default {DEFAULT_SETTINGS.stage1.user_box_rule})")
     parser.add_argument("--report", type=Path, default=None,
                         help="write a JSON report: boxes, timings, volumes of kidney (1) and tumor (2), tumor sizes "
                              "(default: none)")
@@ -126,7 +130,8 @@ def method_settings(args: argparse.Namespace) -> MethodSettings:
         fusion = dataclasses.replace(fusion, min_tumor_component_pixels=args.min_tumor_pixels,
                                      kt_only_label=LABEL_BACKGROUND if args.strict else fusion.kt_only_label)
     stage1 = dataclasses.replace(DEFAULT_SETTINGS.stage1, support_components=not args.keep_all_components,
-                                 support_outside=args.support_outside)
+                                 support_outside=args.support_outside,
+                                 user_box_rule=getattr(args, "box_rule", DEFAULT_SETTINGS.stage1.user_box_rule))
     return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion, stage1=stage1)
 
 
@@ -324,8 +329,9 @@ def run_segment(args: argparse.Namespace) -> int:
         write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
-        logger.warning("%s: no kidney found: the result is empty (%s). Check the crop with --qa, or give one with --box",
-                       args.image, report["stage1_decision"])
+        advice = ("Check your box with --qa and widen it over the kidneys" if crop is not None
+                  else "Check the crop with --qa, or give one with --box")
+        logger.warning("%s: no kidney found: the result is empty (%s). %s", args.image, report["stage1_decision"], advice)
     logger.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
     return 0
 
