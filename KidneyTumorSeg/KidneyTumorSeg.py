@@ -88,7 +88,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, name=name: self.setParameter(**{name: node}))
         for box, name in ((ui.showSegmentationBoxCheckBox, "show_segmentation_box"), (ui.showLandmarkBoxCheckBox, "show_landmark_box"),
                           (ui.showLandmarksCheckBox, "show_landmarks"), (ui.showResult3DCheckBox, "show_3d"),
-                          (ui.showUncertaintyCheckBox, "show_uncertainty"), (ui.keepAllComponentsCheckBox, "keep_all_components")):
+                          (ui.showUncertaintyCheckBox, "show_uncertainty"), (ui.keepAllComponentsCheckBox, "keep_all_components"),
+                          (ui.allowPartialCheckBox, "allow_partial")):
             box.connect("toggled(bool)", lambda checked, name=name: self.setParameter(**{name: checked}))
         ui.bundlePathLineEdit.connect("currentPathChanged(QString)", lambda path: self.setParameter(bundle_path=path))
         ui.deviceComboBox.connect("currentTextChanged(QString)", lambda text: self.setParameter(device=text))
@@ -201,6 +202,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.showResult3DCheckBox.checked = p.show_3d
             ui.showUncertaintyCheckBox.checked = p.show_uncertainty
             ui.keepAllComponentsCheckBox.checked = p.keep_all_components
+            ui.allowPartialCheckBox.checked = p.allow_partial
             ui.deviceComboBox.setCurrentText(p.device)
             ui.membersLineEdit.text = ",".join(p.members)
             ui.overlapSpinBox.value = p.overlap

@@ -410,6 +410,9 @@ def test_options_reach_the_command_line(setup):
     assert "--keep-all-components" not in runner.argv  # the support rule is on by default
     controller.update(keep_all_components=True)
     assert "--keep-all-components" in controller.parameters.run_options().argv()
+    assert "--allow-partial" not in runner.argv  # a bundle lacking models is refused by default
+    controller.update(allow_partial=True)
+    assert "--allow-partial" in controller.parameters.run_options().argv()
 
 
 def test_parameters_survive_saving_and_reloading_the_scene(setup, tmp_path):

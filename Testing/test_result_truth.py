@@ -53,7 +53,7 @@ def test_an_empty_result_warns_and_its_report_and_qa_picture_say_why(empty, tmp_
     out, report = tmp_path / "seg.nii.gz", tmp_path / "report.json"
     with caplog.at_level(logging.WARNING):
         code = main(["segment", str(empty["ct"]), "-o", str(out), "--report", str(report), "--qa", str(tmp_path / "qa.png"),
-                     "--bundle", str(empty["bundle"]), "--device", "cpu", "--progress", "none"])
+                     "--bundle", str(empty["bundle"]), "--allow-partial", "--device", "cpu", "--progress", "none"])
     assert code == 0
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["kidney_found"] is False and data["measurements"]["kidney_ml"]["total"] == 0
@@ -66,7 +66,7 @@ def test_an_empty_result_warns_and_its_report_and_qa_picture_say_why(empty, tmp_
 
 def test_the_command_line_prints_the_warning_on_stderr_and_exits_0(empty, tmp_path):
     done = subprocess.run([sys.executable, "-m", "KidneyTumorSegLib.cli.main", "segment", str(empty["ct"]), "-o",
-                           str(tmp_path / "seg.nii.gz"), "--bundle", str(empty["bundle"]), "--device", "cpu", "--progress", "none"],
+                           str(tmp_path / "seg.nii.gz"), "--bundle", str(empty["bundle"]), "--allow-partial", "--device", "cpu", "--progress", "none"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout == ""
     warning = next(line for line in done.stderr.splitlines() if "no kidney found" in line)
@@ -79,7 +79,7 @@ def test_a_result_with_kidney_of_a_trained_bundle_carries_no_note(tmp_path, caps
     set_demo(bundle, False)
     ct = write_nifti(tmp_path / "ct.nii.gz", image.array, image.affine)
     report = tmp_path / "report.json"
-    assert main(["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--report", str(report), "--bundle", str(bundle),
+    assert main(["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--report", str(report), "--bundle", str(bundle), "--allow-partial",
                  "--device", "cpu", "--progress", "none"]) == 0
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["kidney_found"] is True and data["bundle"]["demo"] is False and result_notes(data) == []
@@ -92,7 +92,7 @@ def test_batch_marks_the_empty_case_in_its_row_and_report(empty, tmp_path, caplo
     cases.mkdir()
     (cases / "empty_case.nii.gz").write_bytes(empty["ct"].read_bytes())
     with caplog.at_level(logging.WARNING):
-        assert main(["batch", str(cases), str(results), "--bundle", str(empty["bundle"]), "--device", "cpu", "--progress", "none"]) == 0
+        assert main(["batch", str(cases), str(results), "--bundle", str(empty["bundle"]), "--allow-partial", "--device", "cpu", "--progress", "none"]) == 0
     assert any(r.getMessage().startswith("empty_case: no kidney found") for r in caplog.records)
     row = next(csv.DictReader(open(results / "summary.csv", encoding="utf-8")))
     assert row["status"] == "ok" and row["kidney_found"] == "False"

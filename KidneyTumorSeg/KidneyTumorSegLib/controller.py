@@ -79,6 +79,7 @@ class Parameters:
     overlap: float = 0.25
     min_tumor_pixels: int = DEFAULT_SETTINGS.fusion.min_tumor_component_pixels
     keep_all_components: bool = not DEFAULT_SETTINGS.stage1.support_components
+    allow_partial: bool = False
     show_segmentation_box: bool = True
     show_landmark_box: bool = True
     show_landmarks: bool = True
@@ -112,7 +113,7 @@ class Parameters:
 
     def run_options(self) -> RunOptions:
         return RunOptions(self.bundle_path, self.device, self.members, self.overlap, self.min_tumor_pixels,
-                          self.keep_all_components)
+                          self.keep_all_components, self.allow_partial)
 
 
 def _to_text(value: Any) -> str:

@@ -93,6 +93,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.input_dir}: no images found (.nii.gz, .nii, .nrrd, or case folders with imaging.nii.gz)")
     shard = shard_from(args.shard, os.environ)
     cases = shard.take(sorted(found))
+    bundle = open_bundle(args)  # a bad or partial bundle is refused before the output folder is made
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
@@ -100,7 +101,6 @@ def run_batch(args: argparse.Namespace) -> int:
     refuse_existing_results(out, cases, args.resume, args.overwrite)
     args.device = shard_device(args.device, os.environ, torch.cuda.device_count())
     options = inference_options(args)
-    bundle = open_bundle(args)
     cascade = Cascade(bundle, options)
     if shard.count > 1:
         logger.info("shard %s (%s): %d of the %d cases, on %s", shard, shard.source, len(cases), len(found), cascade.device)

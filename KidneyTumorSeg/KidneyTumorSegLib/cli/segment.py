@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..boxes import Box
-from ..bundle import ModelBundle, default_bundle_path, load_bundle
+from ..bundle import BundleError, ModelBundle, default_bundle_path, load_bundle
 from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
 from ..crop_values import crop_to_frame, crop_to_source
 from ..geometry import WorkingFrame, working_frame_for
@@ -60,6 +60,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="bar (a terminal progress bar), json (JSON lines on stdout, for scripts and Slicer) or "
                              "none (default bar)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse to)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="run a bundle that lacks some of the twelve models, without them (default: refuse it; "
+                             "the report records what was missing)")
 
 
 def add_support_option(parser: argparse.ArgumentParser, help_text: str = SUPPORT_HELP) -> None:
@@ -147,8 +150,16 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
 
 
 def open_bundle(args: argparse.Namespace) -> ModelBundle:
-    """The bundle named by ``--bundle`` or the shipped default."""
+    """The bundle named by ``--bundle`` or the shipped default; a bundle lacking some of the
+    paper's twelve models is refused (BundleError) unless ``--allow-partial``."""
     bundle = load_bundle(args.bundle or default_bundle_path())
+    missing = bundle.missing_roles()
+    if missing and not args.allow_partial:
+        raise BundleError(f"{bundle.path}: the bundle lacks {len(missing)} of the 12 models ({', '.join(missing)}); "
+                          "give --allow-partial to run the ensemble without them")
+    if missing:
+        logger.warning("bundle '%s' lacks %s: the ensemble runs without them (--allow-partial)", bundle.path.name,
+                       ", ".join(missing))
     if bundle.is_demo:
         logger.warning("bundle '%s' is a demo bundle trained on synthetic phantoms: not for clinical use", bundle.manifest.get("name", bundle.path.name))
     return bundle
@@ -229,7 +240,7 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "image": str(image_path),
         "input": str(case.image.array.shape),
         "bundle": {"name": bundle.manifest.get("name"), "path": str(bundle.path), "demo": bundle.is_demo,
-                   "missing_roles": list(bundle.missing_roles())},
+                   "partial": bool(bundle.missing_roles()), "missing_roles": list(bundle.missing_roles())},
         "models": list(result.models),
         "crop": box_json(result.crop_box, case.frame),
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
