@@ -159,6 +159,10 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert all(round(v, 3) == v for v in floats(data))  # every figure rounded to 3 places
     assert {"kidney_ml", "tumor_ml", "tumor_count", "tumors", "largest_tumor_diameter_mm"} <= set(data["measurements"])
     assert data["measurements"]["kidney_ml"]["total"] > 0  # KT marks the whole crop
+    sides = data["kidneys"]
+    assert set(sides) == {"left", "right"} and all(side["kidney_found"] for side in sides.values())
+    assert all(side["kidney_ml"] == data["measurements"]["kidney_ml"][name] for name, side in sides.items())
+    assert data["warnings"] == []
     assert {"total", "prepare", "stage1", "KT", "T-vnet", "fusion"} <= set(data["seconds"]) and "K1" not in data["seconds"]
     assert "no refinement needed" in data["stage1"]["decisions"][-1]
     review = data["uncertainty"]

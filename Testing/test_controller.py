@@ -26,6 +26,7 @@ from KidneyTumorSegLib.mrml.scene import module_parameter_node, new_headless_sce
 from KidneyTumorSegLib.mrml.segmentation import segment_id, segment_terminology, segmentation_labels  # noqa: E402
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
 from KidneyTumorSegLib.mrml.volumes import add_volume, volume_array  # noqa: E402
+from KidneyTumorSegLib.kidney_sides import side_findings, side_warnings  # noqa: E402
 from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result  # noqa: E402
 from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review  # noqa: E402
@@ -121,11 +122,13 @@ def play(runner: FakeRunner, code: int = 0, demo: bool = False) -> None:
         inside[crop.slices] = working[crop.slices]
         result = labels_to_source(inside, frame)
         write_label_map(output, result, image.affine)
-        finding = kidney_finding(result, stage1 if box_file is None else None, bool(labels.any()))
+        measured = measure(result, image.affine)
+        sides = side_findings(measured, None)
+        finding = kidney_finding(sides, stage1 if box_file is None else None, bool(labels.any()))
         uncertainty = fake_uncertainty(result)
         write_image(Path(runner.option("--uncertainty")), uncertainty, image.affine)
         review = case_review(EnsembleUncertainty(uncertainty, None), result, abs(np.linalg.det(image.affine[:3, :3])) / 1000)
-        report = {"measurements": measure(result, image.affine), **finding, "bundle": {"demo": demo}, "review": review.review,
+        report = {"measurements": measured, "kidneys": sides, "warnings": side_warnings(sides), **finding, "bundle": {"demo": demo}, "review": review.review,
                   "uncertainty": review.to_json()}
         Path(runner.option("--report")).write_text(json.dumps(report))
     runner.emit({"type": "done", "output": str(output)})
@@ -557,5 +560,5 @@ def test_a_result_of_the_demo_bundle_is_named_a_demo(setup):
     assert controller.segment()
     play(runner, demo=True)
     controller.poll()
-    assert controller.state is State.DONE and controller.status().startswith("Done: kidneys ")
+    assert controller.state is State.DONE and controller.status().startswith("Done: left kidney: found, ")
     assert controller.status().endswith(f"{DEMO_NOTICE}.")

@@ -19,7 +19,10 @@ import torch
 
 from KidneyTumorSegLib.bundle import MANIFEST_NAME
 from KidneyTumorSegLib.cli.main import main
+from KidneyTumorSegLib.networks.registry import ROLES
 from KidneyTumorSegLib.colours import BOX_COLOURS, LANDMARK_COLOUR
+from KidneyTumorSegLib.kidney_sides import side_findings
+from KidneyTumorSegLib.measurements import measure
 from KidneyTumorSegLib.report import DEMO_NOTICE, kidney_finding, result_notes
 from synthetic_cases import image_in, phantom_ct, steered_bundle, write_nifti
 
@@ -61,7 +64,8 @@ def test_an_empty_result_warns_and_its_report_and_qa_picture_say_why(empty, tmp_
     assert data["bundle"]["demo"] is True
     warning = next(r.getMessage() for r in caplog.records if "no kidney found" in r.getMessage())
     assert str(empty["ct"]) in warning and data["stage1_decision"] in warning
-    assert titles == [f"No kidney found ({data['stage1_decision']}); {DEMO_NOTICE}"]
+    partial = f"Made without {', '.join(data['bundle']['missing_roles'])} (a partial bundle)"
+    assert titles == [f"No kidney found ({data['stage1_decision']}); {partial}; {DEMO_NOTICE}"]
 
 
 def test_the_command_line_prints_the_warning_on_stderr_and_exits_0(empty, tmp_path):
@@ -75,12 +79,12 @@ def test_the_command_line_prints_the_warning_on_stderr_and_exits_0(empty, tmp_pa
 
 def test_a_result_with_kidney_of_a_trained_bundle_carries_no_note(tmp_path, capsys, caplog):
     image = image_in(phantom_ct(WORKING_SHAPE), "RAS")
-    bundle = steered_bundle(tmp_path / "bundle", ("stage1", "KT"), {"stage1": 10.0, "KT": 10.0}, heat=1.0, kidney_patch=(16, 64, 64))
+    bundle = steered_bundle(tmp_path / "bundle", tuple(ROLES), {"stage1": 10.0, "KT": 10.0}, heat=1.0, kidney_patch=(16, 64, 64))
     set_demo(bundle, False)
     ct = write_nifti(tmp_path / "ct.nii.gz", image.array, image.affine)
     report = tmp_path / "report.json"
-    assert main(["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--report", str(report), "--bundle", str(bundle), "--allow-partial",
-                 "--device", "cpu", "--progress", "none"]) == 0
+    assert main(["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--report", str(report), "--bundle", str(bundle),
+                 "--device", "cpu", "--members", "KT", "--progress", "none"]) == 0
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["kidney_found"] is True and data["bundle"]["demo"] is False and result_notes(data) == []
     assert "no kidney found" not in capsys.readouterr().err + caplog.text
@@ -102,11 +106,18 @@ def test_batch_marks_the_empty_case_in_its_row_and_report(empty, tmp_path, caplo
 
 
 def test_kidney_finding_names_a_given_crop_and_counts_tumor_as_kidney():
-    labels = np.zeros((4, 4, 4), np.uint8)
-    assert kidney_finding(labels, None, None) == {"kidney_found": False, "stage1_decision": "the crop box was given, not chosen by stage 1"}
-    assert kidney_finding(labels, None, False)["stage1_decision"].endswith("; stage 1 marked no kidney voxel in the image")
+    labels = np.zeros((40, 40, 40), np.uint8)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+
+    def sides() -> dict:
+        return side_findings(measure(labels, affine), None)
+
+    assert kidney_finding(sides(), None, None) == {"kidney_found": False, "stage1_decision": "the crop box was given, not chosen by stage 1"}
+    assert kidney_finding(sides(), None, False)["stage1_decision"].endswith("; stage 1 marked no kidney voxel in the image")
     labels[1, 1, 1] = 2
-    assert kidney_finding(labels, None, True)["kidney_found"] is True
+    assert kidney_finding(sides(), None, True)["kidney_found"] is False  # one voxel is no kidney (under 10 mL)
+    labels[:25, :25, :25] = 2  # 15.6 mL of tumor on one side
+    assert kidney_finding(sides(), None, True)["kidney_found"] is True
 
 
 def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):

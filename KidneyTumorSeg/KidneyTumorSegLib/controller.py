@@ -22,6 +22,7 @@ from typing import Any
 
 from .colours import BOX_COLOURS
 from .imageio import read_image
+from .kidney_sides import per_side_lines
 from .locate_result import LocateOutcome, RasBox
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
@@ -423,7 +424,7 @@ class Controller:
         fill_review_segment(target, image.array >= review["disputed_threshold"], image.affine)
         set_review_attributes(target, review)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
-        fill_measurements_table(table, report["measurements"], review)
+        fill_measurements_table(table, report["measurements"], review, report.get("kidneys"))
         self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty))
         self.measurements, self.report = report["measurements"], report
 
@@ -480,8 +481,12 @@ def _summary(report: dict[str, Any]) -> str:
                 "Drag the crop box over the kidneys and Segment again.")
     else:
         measurements = report["measurements"]
-        text = (f"Done: kidneys {measurements['kidney_ml']['total']:.0f} mL, {measurements['tumor_count']} tumor(s), "
+        sides = "; ".join(per_side_lines(report["kidneys"])) if "kidneys" in report else \
+            f"kidneys {measurements['kidney_ml']['total']:.0f} mL"
+        text = (f"Done: {sides}; {measurements['tumor_count']} tumor(s), "
                 f"largest {measurements['largest_tumor_diameter_mm']:.0f} mm (see the results table).")
+        for warning in report.get("warnings") or ():
+            text += f" Warning: {warning}."
     review = report.get("uncertainty")
     if review is not None:
         verdict = "needs review" if review["review"] else "the models agree"

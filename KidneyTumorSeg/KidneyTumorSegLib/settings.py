@@ -101,6 +101,14 @@ class UncertaintySettings:
 
 
 @dataclass(frozen=True)
+class FindingSettings:
+    """What a result says per kidney (kidney_sides.py); not in the paper, every value ours."""
+
+    min_kidney_ml: float = 10.0  # [D] a side's kidney counts as found when kidney and tumor there reach 10 mL
+    smaller_kidney_ratio: float = 1.0 / 3.0  # [D] a kidney (with tumor) below a third of the other is called far smaller
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     """Metrics beyond the KiTS19 Dice (SPEC §4)."""
 
@@ -118,6 +126,7 @@ class MethodSettings:
     crop: CropSettings = field(default_factory=CropSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
     uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
+    findings: FindingSettings = field(default_factory=FindingSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
 

@@ -126,9 +126,11 @@ def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path,
         check_ct(image, force=args.force)
         prepared = cascade.prepare(image)
         result = cascade.segment(image, case=prepared)
-        report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path)
+        report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path, cascade.settings)
         if not report["kidney_found"]:
             logger.warning("%s: no kidney found (%s)", case, report["stage1_decision"])
+        for warning in report["warnings"]:
+            logger.warning("%s: %s", case, warning)
         write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case))
     except Exception as error:  # a failing case is recorded and the batch goes on
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -17,6 +17,7 @@ from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, Pre
 from ..crop_values import crop_to_frame, crop_to_source
 from ..geometry import WorkingFrame, working_frame_for
 from ..imageio import Image, atomic_output, check_output_path, image_suffix, read_image, write_image, write_label_map
+from ..kidney_sides import per_side_lines, side_findings, side_warnings, stage1_sides
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
 from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, rounded, stage1_json
@@ -233,8 +234,12 @@ def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") ->
 
 
 def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float,
-                        image_path: Path) -> dict[str, Any]:
-    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3 places)."""
+                        image_path: Path, settings: MethodSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
+    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3 places):
+    per kidney side what was found (``kidneys``) and the warnings a clinician must read (``warnings``)."""
+    measurements = measure(result.labels, case.image.affine)
+    saw = stage1_sides(case.support_down, case.frame, measurements["midline_x_mm"], settings.geometry.downsample_factor)
+    sides = side_findings(measurements, saw, settings)
     report: dict[str, Any] = {
         "case": case_name(image_path),
         "image": str(image_path),
@@ -244,8 +249,10 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "models": list(result.models),
         "crop": box_json(result.crop_box, case.frame),
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
-        **kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
-        "measurements": measure(result.labels, case.image.affine),
+        **kidney_finding(sides, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
+        "kidneys": sides,
+        "warnings": side_warnings(sides, settings),
+        "measurements": measurements,
         "seconds": {"total": seconds, **result.timings},
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -336,7 +343,7 @@ def run_segment(args: argparse.Namespace) -> int:
     case = cascade.prepare(image)
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
         result = cascade.segment(image, crop, display, case=case)
-        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image)
+        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image, options.settings)
         write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
@@ -344,7 +351,16 @@ def run_segment(args: argparse.Namespace) -> int:
                   else "Check the crop with --qa, or give one with --box")
         logger.warning("%s: no kidney found: the result is empty (%s). %s", args.image, report["stage1_decision"], advice)
     logger.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
+    say_what_was_found(report, args.image)
     return 0
+
+
+def say_what_was_found(report: dict[str, Any], image: Path) -> None:
+    """The last lines of a segmentation: per kidney what was found, then each warning."""
+    for line in per_side_lines(report["kidneys"]):
+        logger.info("%s: %s", case_name(image), line)
+    for warning in report["warnings"]:
+        logger.warning("%s: %s", case_name(image), warning)
 
 
 def run_locate(args: argparse.Namespace) -> int:

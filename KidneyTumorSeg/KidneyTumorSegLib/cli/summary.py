@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
 FAILED_SUFFIX = ".failed.json"
-SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", "kidney_ml", "tumor_ml", "tumor_count",
-                  "largest_tumor_diameter_mm", "review_score", "review", "disputed_ml", "error")
+SIDE_FIELDS = tuple(f"{side}_{key}" for side in ("left", "right") for key in ("kidney_found", "kidney_ml", "tumor_ml"))
+SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", *SIDE_FIELDS, "kidney_ml", "tumor_ml", "tumor_count",
+                  "largest_tumor_diameter_mm", "warnings", "review_score", "review", "disputed_ml", "error")
 
 
 def failure_path(folder: Path, case: str) -> Path:
@@ -53,7 +54,17 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return {"case": case, "status": "ok", "seconds": (data.get("seconds") or {}).get("total"), "kidney_found": data.get("kidney_found"),
             "kidney_ml": round(measured["kidney_ml"]["total"], 2), "tumor_ml": round(measured["tumor_ml"]["total"], 2),
             "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1),
+            **side_columns(data.get("kidneys")), "warnings": "; ".join(data.get("warnings") or ()),
             **review_columns(data.get("uncertainty"))}
+
+
+def side_columns(kidneys: Any) -> dict[str, Any]:
+    """The per-side summary columns of a report's ``kidneys`` (kidney_sides.side_findings); none
+    for reports of older versions."""
+    if not isinstance(kidneys, dict):
+        return {}
+    return {f"{side}_{key}": (round(value, 2) if isinstance(value, float) else value)
+            for side, finding in kidneys.items() for key, value in finding.items() if f"{side}_{key}" in SIDE_FIELDS}
 
 
 def review_columns(review: Any) -> dict[str, Any]:
