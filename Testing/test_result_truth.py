@@ -19,12 +19,13 @@ import torch
 
 from KidneyTumorSegLib.bundle import MANIFEST_NAME
 from KidneyTumorSegLib.cli.main import main
-from KidneyTumorSegLib.networks.registry import ROLES
 from KidneyTumorSegLib.colours import BOX_COLOURS, LANDMARK_COLOUR
+from KidneyTumorSegLib.geometry import working_frame_for
 from KidneyTumorSegLib.kidney_sides import side_findings
 from KidneyTumorSegLib.measurements import measure
+from KidneyTumorSegLib.networks.registry import ROLES
 from KidneyTumorSegLib.report import DEMO_NOTICE, kidney_finding, result_notes
-from synthetic_cases import image_in, phantom_ct, steered_bundle, write_nifti
+from synthetic_cases import image_in, phantom_ct, steered_bundle, working_affine, write_nifti
 
 torch.set_num_threads(1)
 
@@ -130,11 +131,14 @@ def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):
     from KidneyTumorSegLib.stage1 import Landmark, Stage1Result
 
     shape = (20, 80, 80)
-    seg, landmarks, crop = Box((2, 10, 10), (17, 69, 69)), Box((4, 20, 20), (15, 59, 59)), Box((6, 30, 30), (13, 49, 49))
-    stage1 = Stage1Result(seg, landmarks, seg, None, crop, (Landmark("center", (10.0, 40.0, 40.0), 0.9),), ())
+    frame = working_frame_for(shape, working_affine())
+    seg, crop = Box((2, 10, 10), (17, 69, 69)), Box((6, 30, 30), (13, 49, 49))
+    landmarks = seg  # the landmark box on the segmentation box: both must still show (line styles)
+
     def draw(title: str) -> np.ndarray:
+        stage1 = Stage1Result(seg, landmarks, seg, None, crop, (Landmark("center", (10.0, 40.0, 40.0), 0.9),), ())
         path = tmp_path / "qa.png"
-        save_qa_png(path, np.zeros(shape, np.float32), np.zeros(shape, np.uint8), crop, stage1, (3.0, 0.78, 0.78), title=title)
+        save_qa_png(path, np.zeros(shape, np.float32), np.zeros(shape, np.uint8), crop, stage1, frame, title=title)
         return matplotlib.image.imread(path)[..., :3]
 
     def count(pixels: np.ndarray, rgb: tuple[float, float, float]) -> int:
@@ -150,8 +154,8 @@ def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):
 
 def test_each_box_has_one_colour_in_slicer_the_panel_and_the_readme():
     ui = (REPO / "KidneyTumorSeg" / "Resources" / "UI" / "KidneyTumorSeg.ui").read_text(encoding="utf-8")
-    assert f"Show segmentation box ({BOX_COLOURS['segmentation'].name})" in ui
-    assert f"Show landmark box ({BOX_COLOURS['landmarks'].name})" in ui
+    assert f"Show the box around the kidney tissue found ({BOX_COLOURS['segmentation'].name})" in ui
+    assert f"Show the box of the kidney landmarks ({BOX_COLOURS['landmarks'].name})" in ui
     assert f"Crop box ({BOX_COLOURS['crop'].name})" in ui and f"Show landmarks ({LANDMARK_COLOUR.name})" in ui
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     caption = re.search(r"!\[QA picture[^]]*\]", readme).group(0)
@@ -166,3 +170,33 @@ def test_each_box_has_one_colour_in_slicer_the_panel_and_the_readme():
 
     assert [style.color for style in (SEGMENTATION_BOX, LANDMARK_BOX, CROP_BOX)] == [c.rgb for c in BOX_COLOURS.values()]
     assert "LANDMARK_COLOUR.rgb" in Path(show_landmarks.__code__.co_filename).read_text(encoding="utf-8")
+
+
+def test_qa_titles_carry_the_input_files_slice_numbers(tmp_path, monkeypatch):
+    """An RAS input (the working frame's axes reversed and reordered): the axial panel names the
+    input's k index of its slice and the coronal its j index, as a viewer of the input file
+    numbers them; the working frame's slice number is there in small."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from KidneyTumorSegLib.boxes import Box
+    from KidneyTumorSegLib.qa import save_qa_png
+
+    image = image_in(phantom_ct(WORKING_SHAPE), "RAS")  # input [i, j, k] = R, A, S; working [z, y, x] = I, P, L
+    frame = working_frame_for(image.array.shape, image.affine)
+    labels = np.zeros(frame.shape, np.uint8)
+    labels[3:6, 20:30, 10:20] = 1  # the picture centres on the labels: working voxel (4, 25, 15) (medians)
+    titles, texts = [], []
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text))
+    draw_text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, text, *a, **k: (texts.append(text), draw_text(self, x, y, text, *a, **k)))
+    save_qa_png(tmp_path / "qa.png", np.zeros(frame.shape, np.float32), labels, Box.full(frame.shape), None, frame,
+                uncertainty_zyx=np.zeros(frame.shape, np.float32))
+    centre = np.linalg.inv(image.affine) @ frame.affine @ np.array([4.0, 24.5, 14.5, 1.0])
+    z, y = frame.shape[0] - 1, frame.shape[1] - 1
+    assert titles[0] == f"axial, input slice k = {int(np.rint(centre[2]))} of 0-{image.array.shape[2] - 1}"
+    assert int(np.rint(centre[2])) == z - 4  # S is the reverse of I
+    assert titles[1] == f"coronal, input slice j = {int(np.rint(centre[1]))} of 0-{image.array.shape[1] - 1}"
+    assert int(np.rint(centre[1])) in (y - 24, y - 25)  # A is the reverse of P
+    assert titles[2] == f"uncertainty, input slice k = {z - 4} of 0-{z}"
+    assert texts[:2] == ["working frame slice 4", "working frame slice 24"]

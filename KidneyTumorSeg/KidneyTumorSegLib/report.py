@@ -163,6 +163,14 @@ def result_notes(report: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def found_line(measurements: Mapping[str, Any]) -> str:
+    """Kidney volume per side, tumor count and tumor volume of :func:`measurements.measure`'s dict,
+    in one line: ``left kidney 150 mL, right kidney 140 mL; 2 tumors, 37 mL``."""
+    kidney, tumor, count = measurements["kidney_ml"], measurements["tumor_ml"], measurements["tumor_count"]
+    return (f"left kidney {kidney['left'] + tumor['left']:.0f} mL, right kidney {kidney['right'] + tumor['right']:.0f} mL; "
+            f"{count} tumor{'' if count == 1 else 's'}, {tumor['total']:.0f} mL")
+
+
 def made_by_demo(report: Mapping[str, Any]) -> bool:
     """Whether the report's bundle is a demo bundle (``"demo": true`` in its manifest)."""
     return bool((report.get("bundle") or {}).get("demo"))

@@ -20,7 +20,7 @@ from ..imageio import Image, atomic_output, check_output_path, image_suffix, rea
 from ..kidney_sides import per_side_lines, side_findings, side_warnings, stage1_sides
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
-from ..report import DEMO_NOTICE, box_from_json, box_json, kidney_finding, result_notes, rounded, stage1_json
+from ..report import DEMO_NOTICE, box_from_json, box_json, found_line, kidney_finding, result_notes, rounded, stage1_json
 from ..settings import DEFAULT_SETTINGS, LABEL_BACKGROUND, MethodSettings
 from ..validation import InputError, check_ct
 from .cases import case_name
@@ -264,9 +264,10 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
 
 def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, overwrite: bool,
                   report: dict | None = None, report_path: Path | None = None, qa: Path | None = None,
-                  uncertainty: Path | None = None) -> None:
+                  uncertainty: Path | None = None, truth: dict | None = None) -> None:
     """Write the label map / segmentation, and the report, QA picture and uncertainty map (float32
-    on the input grid) when asked: all or nothing."""
+    on the input grid) when asked: all or nothing. ``truth``: the measurements of a true label map,
+    shown beside the result's in the QA picture."""
     with contextlib.ExitStack() as stack:
         labels = stack.enter_context(atomic_output(output, overwrite))
         write_result(labels, result.labels, case.image.affine, output)
@@ -282,8 +283,11 @@ def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, 
 
             qa_path = stack.enter_context(atomic_output(qa, overwrite))
             doubt = None if result.uncertainty is None else crop_to_frame(result.uncertainty, result.crop_box, case.frame.shape)
-            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing,
-                        title="; ".join(result_notes(report or {})), uncertainty_zyx=doubt)
+            caption = "" if report is None else "Result: " + found_line(report["measurements"])
+            if truth is not None:
+                caption += "   |   Truth: " + found_line(truth)
+            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame,
+                        title="; ".join(result_notes(report or {})), uncertainty_zyx=doubt, caption=caption)
 
 
 def write_result(temporary: Path, labels, affine, destination: Path) -> None:
@@ -344,7 +348,9 @@ def run_segment(args: argparse.Namespace) -> int:
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
         result = cascade.segment(image, crop, display, case=case)
         report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image, options.settings)
-        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty)
+        truth = getattr(args, "truth", None)
+        truth = None if truth is None else measure(np.asarray(read_image(truth).array, np.uint8), case.image.affine)
+        write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty, truth)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
         advice = ("Check your box with --qa and widen it over the kidneys" if crop is not None
@@ -383,7 +389,7 @@ def run_locate(args: argparse.Namespace) -> int:
                 from ..qa import save_qa_png
 
                 qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
-                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame.spacing,
+                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame,
                             title=DEMO_NOTICE if bundle.is_demo else "")
         display.done(output=str(args.output))
     return 0
