@@ -157,8 +157,8 @@ class Controller:
     is replaced (the default refuses). ``on_change()`` is called after every state or progress
     change. Callbacks of the runner arrive through :meth:`poll`.
 
-    After a segmentation, :attr:`review` is its review summary (score, whether the case needs
-    review, disputed volume; see uncertainty.CaseReview), else None.
+    After a segmentation, :attr:`review` is its review summary (the flag's score and verdict,
+    review_flag.py, with the disputed volume of uncertainty.CaseReview), else None.
     """
 
     def __init__(self, scene: Any, parameter_node: Any | None, runner: ProcessRunner, command: CliCommand | None = None,
@@ -234,8 +234,8 @@ class Controller:
 
     @property
     def review(self) -> dict[str, Any] | None:
-        """The last segmentation's review summary (``CaseReview.to_json``), None before one."""
-        return self.report.get("uncertainty")
+        """The last segmentation's review summary, None before one."""
+        return case_review_summary(self.report)
 
     @property
     def running(self) -> bool:
@@ -417,7 +417,7 @@ class Controller:
         fill_segmentation(target, labels.array, labels.affine)
         if p.show_3d:
             show_3d(target)
-        review = report["uncertainty"]
+        review = case_review_summary(report)
         image = read_image(job.uncertainty)
         uncertainty = show_uncertainty(p.uncertainty_volume, image, self.scene, f"{name} uncertainty", job.volume,
                                        p.show_uncertainty)
@@ -487,11 +487,23 @@ def _summary(report: dict[str, Any]) -> str:
                 f"largest {measurements['largest_tumor_diameter_mm']:.0f} mm (see the results table).")
         for warning in report.get("warnings") or ():
             text += f" Warning: {warning}."
-    review = report.get("uncertainty")
+    review = case_review_summary(report)
     if review is not None:
-        verdict = "needs review" if review["review"] else "the models agree"
-        text = f"{text} Review score {review['score']:.2f}: {verdict} ({review['disputed_ml']:.0f} mL disputed)."
+        tripped = (report.get("review_flag") or {}).get("tripped")
+        verdict = f"needs review: {'; '.join(tripped)}" if review["review"] and tripped else \
+            "needs review" if review["review"] else "no review flag"
+        text = f"{text} Review score {review['score']:.2f}, {verdict} ({review['disputed_ml']:.0f} mL disputed)."
     return f"{text} {DEMO_NOTICE}." if made_by_demo(report) else text
+
+
+def case_review_summary(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's uncertainty summary (``CaseReview.to_json``) with the review flag's score and
+    verdict in place of the uncertainty's own (review_flag.py); None without an uncertainty."""
+    review = report.get("uncertainty")
+    if review is None:
+        return None
+    flag = report.get("review_flag")
+    return review if flag is None else {**review, "score": flag["score"], "review": bool(report.get("review"))}
 
 
 def _error_line(stderr: str, code: int) -> str:

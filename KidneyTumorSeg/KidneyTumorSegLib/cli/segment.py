@@ -20,6 +20,7 @@ from ..imageio import Image, atomic_output, check_output_path, image_suffix, rea
 from ..kidney_sides import per_side_lines, side_findings, side_warnings, stage1_sides
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
+from ..review_flag import load_calibration, review_flag
 from ..report import DEMO_NOTICE, box_from_json, box_json, found_line, kidney_finding, result_notes, rounded, stage1_json
 from ..settings import DEFAULT_SETTINGS, LABEL_BACKGROUND, MethodSettings
 from ..validation import InputError, check_ct
@@ -236,7 +237,9 @@ def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") ->
 def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float,
                         image_path: Path, settings: MethodSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
     """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3 places):
-    per kidney side what was found (``kidneys``) and the warnings a clinician must read (``warnings``)."""
+    per kidney side what was found (``kidneys``), the warnings a clinician must read (``warnings``),
+    and whether the case needs review (``review``) with why (``review_flag``: score, the measures
+    that tripped, the bundle's calibration; review_flag.py)."""
     measurements = measure(result.labels, case.image.affine)
     saw = stage1_sides(case.support_down, case.frame, measurements["midline_x_mm"], settings.geometry.downsample_factor)
     sides = side_findings(measurements, saw, settings)
@@ -257,8 +260,10 @@ def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: 
         "peak_rss_mb": peak_rss_mb(),
     }
     if result.review is not None:
-        report["review"] = result.review.review
         report["uncertainty"] = result.review.to_json()
+    flag = review_flag(report, load_calibration(bundle.path), settings)
+    report["review"] = flag.pop("review")
+    report["review_flag"] = flag
     return rounded(report)
 
 
@@ -362,11 +367,17 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def say_what_was_found(report: dict[str, Any], image: Path) -> None:
-    """The last lines of a segmentation: per kidney what was found, then each warning."""
+    """The last lines of a segmentation: per kidney what was found, each warning, and whether the
+    case needs review and why."""
     for line in per_side_lines(report["kidneys"]):
         logger.info("%s: %s", case_name(image), line)
     for warning in report["warnings"]:
         logger.warning("%s: %s", case_name(image), warning)
+    flag = report["review_flag"]
+    if report["review"]:
+        logger.warning("%s: needs review (score %.2f): %s", case_name(image), flag["score"], "; ".join(flag["tripped"]))
+    else:
+        logger.info("%s: no review flag (score %.2f, below 1 on every measure)", case_name(image), flag["score"])
 
 
 def run_locate(args: argparse.Namespace) -> int:
