@@ -38,12 +38,14 @@ class KidneyTumorSeg(ScriptedLoadableModule):
         self.parent.contributors = ["KidneyTumorSeg contributors"]
         self.parent.helpText = f"""
 Segments the kidneys and kidney tumors of an abdominal CT with the two-stage cascade of Zhang et al.
-(KiTS19): <b>Locate</b> runs stage 1 and shows the segmentation box ({BOX_COLOURS["segmentation"].name}), the
-landmark box ({BOX_COLOURS["landmarks"].name}), the crop box ({BOX_COLOURS["crop"].name}, editable) and the
-landmarks ({LANDMARK_COLOUR.name}); drag the crop box if needed, then
-<b>Segment</b> runs the stage-2 ensemble inside it (or the whole cascade when nothing was located).
+(KiTS19): <b>Locate</b> finds the kidneys and shows the box around the kidney tissue found
+({BOX_COLOURS["segmentation"].name}), the box of the kidney landmarks ({BOX_COLOURS["landmarks"].name}), the crop box
+({BOX_COLOURS["crop"].name}, editable) and the landmarks ({LANDMARK_COLOUR.name}); drag the crop box if needed, then
+<b>Segment</b> outlines kidneys and tumors inside it (or finds the kidneys first when nothing was located).
+A crop box you dragged is trusted: every kidney region found inside it is kept.
 The result is a segmentation with segments Kidney and Tumor (SNOMED CT terms, linked to the CT for
-DICOM SEG export) and a table of volumes and tumor sizes.
+DICOM SEG export) and a table saying per side whether a kidney was found, its volume and its tumors;
+the status line says the same and warns when a kidney is missing or far smaller than the other.
 <p><b>Warning:</b> the model bundle shipped with the module is a <i>demo</i> trained on synthetic
 phantoms. It is not a clinical model and must not be used for diagnosis; choose your own trained
 bundle under Inputs. On a real scan that covers the abdomen it finds the kidneys (kidney Dice 0.72 on
@@ -89,7 +91,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, name=name: self.setParameter(**{name: node}))
         for box, name in ((ui.showSegmentationBoxCheckBox, "show_segmentation_box"), (ui.showLandmarkBoxCheckBox, "show_landmark_box"),
                           (ui.showLandmarksCheckBox, "show_landmarks"), (ui.showResult3DCheckBox, "show_3d"),
-                          (ui.showUncertaintyCheckBox, "show_uncertainty"), (ui.keepAllComponentsCheckBox, "keep_all_components")):
+                          (ui.showUncertaintyCheckBox, "show_uncertainty"), (ui.keepAllComponentsCheckBox, "keep_all_components"),
+                          (ui.allowPartialCheckBox, "allow_partial")):
             box.connect("toggled(bool)", lambda checked, name=name: self.setParameter(**{name: checked}))
         ui.bundlePathLineEdit.connect("currentPathChanged(QString)", lambda path: self.setParameter(bundle_path=path))
         ui.deviceComboBox.connect("currentTextChanged(QString)", lambda text: self.setParameter(device=text))
@@ -217,6 +220,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.showResult3DCheckBox.checked = p.show_3d
             ui.showUncertaintyCheckBox.checked = p.show_uncertainty
             ui.keepAllComponentsCheckBox.checked = p.keep_all_components
+            ui.allowPartialCheckBox.checked = p.allow_partial
             ui.deviceComboBox.setCurrentText(p.device)
             ui.membersLineEdit.text = ",".join(p.members)
             ui.overlapSpinBox.value = p.overlap
@@ -251,7 +255,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     """The blocking API for the Python console and batch use; no pop-ups unless ``interactive``.
 
     ``options`` are :class:`KidneyTumorSegLib.controller.Parameters` fields: ``bundle_path``,
-    ``device``, ``members``, ``overlap``, ``min_tumor_pixels``, ``keep_all_components``, ``show_3d``,
+    ``device``, ``members``, ``overlap``, ``min_tumor_pixels``, ``keep_all_components``, ``allow_partial``, ``show_3d``,
     ``show_uncertainty``. After ``segment``, ``lastReview`` is the case's review: ``score`` (share of
     the labelled region where the models disagree), ``review`` (True: look at it), ``disputed_ml``.
     """

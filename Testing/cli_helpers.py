@@ -29,7 +29,7 @@ def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
 
 
 def model_args(files: dict[str, Path], progress: str = "none") -> list[str]:
-    return ["--bundle", str(files["bundle"]), "--device", "cpu", "--progress", progress]
+    return ["--bundle", str(files["bundle"]), "--allow-partial", "--device", "cpu", "--progress", progress]  # 4 of 12 models
 
 
 def no_leftovers(folder: Path) -> None:

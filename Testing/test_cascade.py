@@ -8,13 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from KidneyTumorSegLib.boxes import Box
 from KidneyTumorSegLib.bundle import ModelBundle, load_bundle
 from KidneyTumorSegLib.cascade import STAGE2_ORDER, TUMOR_2D_ROLES, TUMOR_3D_ROLES, Cascade, InferenceOptions
+from KidneyTumorSegLib.geometry import labels_to_source
+from KidneyTumorSegLib.imageio import Image
 from KidneyTumorSegLib.inference import Cancelled
 from KidneyTumorSegLib.settings import DEFAULT_SETTINGS, WORKING_SPACING_ZYX, MethodSettings
 from KidneyTumorSegLib.stage1 import NoKidneyFound, stage2_crop
+from KidneyTumorSegLib.support import support_in_box
 from synthetic_cases import ConstantNet, ThresholdNet, image_in, normalized, phantom_ct, steered_bundle, working_affine
 
 torch.set_num_threads(1)
@@ -284,11 +288,43 @@ def test_the_refinement_runs_k_only_near_stage_1s_kidneys(bundle: ModelBundle, o
         np.testing.assert_array_equal(region, expected[box.slices])
 
 
-def test_support_with_a_crop_given_by_hand(bundle: ModelBundle) -> None:
+@pytest.mark.parametrize("rule", ["authority", "support"])
+def test_a_crop_given_by_hand_is_the_users_box(bundle: ModelBundle, rule: str) -> None:
+    """The user's box rule: inside a box the user gives, the look-alike stage 1 does not see is
+    kept (authority, the default); under "support" the support rule drops it as in stage 1's crop."""
     ct = _ct_with_a_lookalike()
-    cascade = Cascade(_with(bundle, _lookalike_networks()), _options(members=("KT",)))
+    cascade = Cascade(_with(bundle, _lookalike_networks()),
+                      _options(members=("KT",), settings=_settings(stage1={"user_box_rule": rule})))
     labels = cascade.segment(image_in(ct, "IPL"), crop=Box.full(SHAPE)).labels_working
-    np.testing.assert_array_equal(labels, (ct == 150).astype(np.uint8))
+    expected = (ct == 150) | ((ct == 130) & (rule == "authority"))
+    np.testing.assert_array_equal(labels, expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("rule", ["authority", "support"])
+def test_the_users_box_keeps_a_real_kidney_stage_1_missed(bundle: ModelBundle, real_kits_crops, rule: str) -> None:
+    """On a real KiTS19 mask (case_00015, 3 mm slices, on its own grid): stage 1 sees its larger
+    kidney (150 HU) and misses the other (130 HU), which KT sees. A box of the user's holding both
+    keeps the missed kidney under the user's box rule; the support rule would take it away."""
+    image = real_kits_crops.get("case_00015")
+    if image is None:
+        pytest.skip("case_00015 is not among the real KiTS19 crops")
+    components, _ = ndimage.label(np.asarray(image.dataobj) > 0)
+    first, second = np.argsort(np.bincount(components.ravel())[1:])[::-1][:2] + 1
+    seen, missed = components == first, components == second
+    ct = np.where(seen, 150, np.where(missed, 130, 0)).astype(np.int16)
+    cascade = Cascade(_with(bundle, _lookalike_networks()),
+                      _options(members=("KT",), settings=_settings(stage1={"user_box_rule": rule})))
+    case = cascade.prepare(Image(ct, image.affine))
+    result = cascade.segment(case.image, crop=Box.full(case.frame.shape), case=case)
+    support = support_in_box(case.support_down, Box.full(case.frame.shape), 4)
+    stage1_saw = labels_to_source(support.astype(np.uint8), case.frame).astype(bool)
+    assert stage1_saw[seen].mean() > 0.5 and not stage1_saw[missed].any()  # stage 1 really misses it
+    inner = ndimage.binary_erosion(missed)  # away from the edge the resampling blurs
+    assert (result.labels[ndimage.binary_erosion(seen)] > 0).mean() > 0.99
+    if rule == "authority":
+        assert (result.labels[inner] > 0).mean() > 0.99
+    else:
+        assert not result.labels[missed].any()
 
 
 def test_a_blind_stage_1_gives_no_support_and_keeps_everything(bundle: ModelBundle, caplog: pytest.LogCaptureFixture) -> None:

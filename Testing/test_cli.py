@@ -168,6 +168,10 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     assert all(round(v, 3) == v for v in floats(data))  # every figure rounded to 3 places
     assert {"kidney_ml", "tumor_ml", "tumor_count", "tumors", "largest_tumor_diameter_mm"} <= set(data["measurements"])
     assert data["measurements"]["kidney_ml"]["total"] > 0  # KT marks the whole crop
+    sides = data["kidneys"]
+    assert set(sides) == {"left", "right"} and all(side["kidney_found"] for side in sides.values())
+    assert all(side["kidney_ml"] == data["measurements"]["kidney_ml"][name] for name, side in sides.items())
+    assert data["warnings"] == []
     assert {"total", "prepare", "stage1", "KT", "T-vnet", "fusion"} <= set(data["seconds"]) and "K1" not in data["seconds"]
     assert "no refinement needed" in data["stage1"]["decisions"][-1]
     review = data["uncertainty"]
@@ -186,6 +190,26 @@ def test_segment_writes_labels_report_and_qa_with_json_progress(files, tmp_path:
     # In the order they run: stage 1, then KT and the tumor model.
     order = list(dict.fromkeys((e["stage"], e["model"]) for e in progress))
     assert order == [("stage1", "stage1"), ("stage2", "KT"), ("stage2", "T-vnet")]
+
+
+@pytest.mark.parametrize("command", ["segment", "locate", "batch"])
+def test_a_partial_bundle_is_refused_unless_allowed(files, tmp_path: Path, capsys, caplog, command: str) -> None:
+    """The test bundle holds 4 of the 12 models: refused with one line naming the 8 it lacks, no
+    output; with --allow-partial it runs and the report records what was missing."""
+    out = tmp_path / ("results" if command == "batch" else "out.json" if command == "locate" else "seg.nii.gz")
+    target = [files["ct"].parent, out] if command == "batch" else [files["ct"], "-o", out]
+    argv = [a for a in model_args(files) if a != "--allow-partial"]
+    code, _, err = run(capsys, command, *target, *argv)
+    missing = "K2, T-unet, T2D-ax-dice, T2D-co-dice, T2D-sa-dice, T2D-ax-bce, T2D-co-bce, T2D-sa-bce"
+    assert code != 0 and f"lacks 8 of the 12 models ({missing}); give --allow-partial" in err
+    assert len([line for line in err.splitlines() if "error" in line.lower()]) == 1
+    assert not out.exists()
+    if command == "segment":
+        report = tmp_path / "report.json"
+        code, _, err = run(capsys, command, *target, "--report", report, *model_args(files))
+        assert code == 0 and f"lacks {missing}: the ensemble runs without them" in caplog.text
+        bundle = json.loads(report.read_text(encoding="utf-8"))["bundle"]
+        assert bundle["partial"] is True and bundle["missing_roles"] == missing.split(", ")
 
 
 def test_segment_with_the_whole_volume(files, tmp_path: Path, capsys) -> None:

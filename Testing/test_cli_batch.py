@@ -79,6 +79,13 @@ def test_each_case_gets_the_segment_report_and_a_failure_its_record(files, tmp_p
     rows = summary(results / "summary.csv")
     assert rows["good"]["status"] == "ok" and float(rows["good"]["kidney_ml"]) > 0 and float(rows["good"]["seconds"]) > 0
     assert rows["bad"]["status"] == "failed" and "cannot read image" in rows["bad"]["error"]
+    report = json.loads((results / "good.json").read_text(encoding="utf-8"))
+    for side in ("left", "right"):  # per kidney, as in the report
+        found = report["kidneys"][side]
+        assert rows["good"][f"{side}_kidney_found"] == str(found["kidney_found"])
+        assert float(rows["good"][f"{side}_kidney_ml"]) == pytest.approx(found["kidney_ml"], abs=0.01)
+        assert float(rows["good"][f"{side}_tumor_ml"]) == pytest.approx(found["tumor_ml"], abs=0.01)
+    assert rows["good"]["warnings"] == "; ".join(report["warnings"])
     failure = json.loads((results / "bad.failed.json").read_text(encoding="utf-8"))
     assert failure["case"] == "bad" and failure["image"] == str(cases / "bad.nii.gz") and failure["error"] == rows["bad"]["error"]
     events = [json.loads(line) for line in stdout.splitlines()]

@@ -28,6 +28,7 @@ from KidneyTumorSegLib.mrml.segmentation import (  # noqa: E402
 )
 from KidneyTumorSegLib.mrml.table import table_rows  # noqa: E402
 from KidneyTumorSegLib.mrml.volumes import add_volume, volume_affine, volume_array  # noqa: E402
+from KidneyTumorSegLib.kidney_sides import side_findings, side_warnings  # noqa: E402
 from KidneyTumorSegLib.report import DEMO_NOTICE, box_from_json, kidney_finding, stage1_json  # noqa: E402
 from KidneyTumorSegLib.stage1 import Landmark, Stage1Result  # noqa: E402
 from KidneyTumorSegLib.uncertainty import EnsembleUncertainty, case_review, uncertainty_to_bytes  # noqa: E402
@@ -132,13 +133,16 @@ def play(runner: FakeRunner, code: int = 0, demo: bool = False) -> None:
         inside[crop.slices] = working[crop.slices]
         result = labels_to_source(inside, frame)
         write_label_map(output, result, image.affine)
-        finding = kidney_finding(result, stage1 if box_file is None else None, bool(labels.any()))
+        measured = measure(result, image.affine)
+        sides = side_findings(measured, None)
+        finding = kidney_finding(sides, stage1 if box_file is None else None, bool(labels.any()))
         uncertainty = fake_uncertainty(result)
         review = case_review(EnsembleUncertainty(uncertainty, None), result, abs(np.linalg.det(image.affine[:3, :3])) / 1000)
         near, near_affine = near_labels(result, image.affine)  # as the command line writes them: the voxels near the crop
         write_image(Path(runner.option("--uncertainty")), uncertainty_to_bytes(uncertainty[near.slices]), near_affine)
         write_label_map(Path(runner.option("--review-mask")), uncertainty[near.slices] >= review.disputed_threshold, near_affine)
-        report = {"measurements": measure(result, image.affine), **finding, "bundle": {"demo": demo}, "review": review.review,
+        report = {"measurements": measured, "kidneys": sides, "warnings": side_warnings(sides), **finding,
+                  "bundle": {"demo": demo}, "review": review.review,
                   "uncertainty": review.to_json()}
         Path(runner.option("--report")).write_text(json.dumps(report))
     runner.emit({"type": "done", "output": str(output)})
@@ -207,11 +211,16 @@ def test_locate_drag_segment_on_real_nodes(setup, case):
     labels = [p.landmarks.GetNthControlPointLabel(n) for n in range(p.landmarks.GetNumberOfControlPoints())]
     assert labels == ["left", "right", "center"]
 
+    # Segment with stage 1's crop as it was located: stage 1's support rule applies inside it.
+    assert controller.segment() and runner.option("--box-rule") == "support"
+    controller.cancel()
+
     # The clinician drags the crop box's right face (patient's right = low RAS x) inwards to the middle.
     located = roi_ras_box(p.crop_roi)
     middle = located.center[0]
     set_roi_box(p.crop_roi, RasBox((middle, *located.low[1:]), located.high))
     assert controller.segment() and controller.state is State.SEGMENTING and runner.command == "segment"
+    assert runner.option("--box-rule") == "authority"  # a dragged box is the user's: stage 1's support does not veto it
     sent = json.loads(Path(runner.option("--box")).read_text())
     assert np.allclose(sent["ras"], [[middle, *located.low[1:]], list(located.high)])
     dragged = box_from_json(sent, frame)
@@ -462,6 +471,9 @@ def test_options_reach_the_command_line(setup):
     assert "--keep-all-components" not in runner.argv  # the support rule is on by default
     controller.update(keep_all_components=True)
     assert "--keep-all-components" in controller.parameters.run_options().argv()
+    assert "--allow-partial" not in runner.argv  # a bundle lacking models is refused by default
+    controller.update(allow_partial=True)
+    assert "--allow-partial" in controller.parameters.run_options().argv()
 
 
 def test_parameters_survive_saving_and_reloading_the_scene(setup, tmp_path):
@@ -606,5 +618,5 @@ def test_a_result_of_the_demo_bundle_is_named_a_demo(setup):
     assert controller.segment()
     play(runner, demo=True)
     controller.poll()
-    assert controller.state is State.DONE and controller.status().startswith("Done: kidneys ")
+    assert controller.state is State.DONE and controller.status().startswith("Done: left kidney: found, ")
     assert controller.status().endswith(f"{DEMO_NOTICE}.")

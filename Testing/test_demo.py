@@ -24,7 +24,11 @@ def test_demo_segments_the_sample_with_the_shipped_bundle(tmp_path: Path, capsys
     summary = json.loads(capsys.readouterr().out)
     assert summary["dice"]["kidney_dice"] >= KIDNEY_DICE_FLOOR
     assert all(Path(path).is_file() for path in summary["outputs"])
+    tumors = summary["tumors"]  # the result's tumors beside the truth's (the sample's truth holds one tumor)
+    assert tumors["truth"]["count"] == 1 and tumors["truth"]["ml"] > 0 and tumors["result"]["count"] >= 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["models"][:2] == ["stage1", "KT"]
     assert report["stage1"]["decisions"][0].endswith("segmentation box used")
     assert report["measurements"]["kidney_ml"]["left"] > 0 and report["measurements"]["kidney_ml"]["right"] > 0
+    assert report["kidneys"]["left"]["kidney_found"] and report["kidneys"]["right"]["kidney_found"]
+    assert report["review_flag"]["calibration"].startswith("review_calibration.json of the bundle")

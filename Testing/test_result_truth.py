@@ -20,8 +20,12 @@ import torch
 from KidneyTumorSegLib.bundle import MANIFEST_NAME
 from KidneyTumorSegLib.cli.main import main
 from KidneyTumorSegLib.colours import BOX_COLOURS, LANDMARK_COLOUR
+from KidneyTumorSegLib.geometry import working_frame_for
+from KidneyTumorSegLib.kidney_sides import side_findings
+from KidneyTumorSegLib.measurements import measure
+from KidneyTumorSegLib.networks.registry import ROLES
 from KidneyTumorSegLib.report import DEMO_NOTICE, kidney_finding, result_notes
-from synthetic_cases import image_in, phantom_ct, steered_bundle, write_nifti
+from synthetic_cases import image_in, phantom_ct, steered_bundle, working_affine, write_nifti
 
 torch.set_num_threads(1)
 
@@ -53,7 +57,7 @@ def test_an_empty_result_warns_and_its_report_and_qa_picture_say_why(empty, tmp_
     out, report = tmp_path / "seg.nii.gz", tmp_path / "report.json"
     with caplog.at_level(logging.WARNING):
         code = main(["segment", str(empty["ct"]), "-o", str(out), "--report", str(report), "--qa", str(tmp_path / "qa.png"),
-                     "--bundle", str(empty["bundle"]), "--device", "cpu", "--progress", "none"])
+                     "--bundle", str(empty["bundle"]), "--allow-partial", "--device", "cpu", "--progress", "none"])
     assert code == 0
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["kidney_found"] is False and data["measurements"]["kidney_ml"]["total"] == 0
@@ -61,12 +65,13 @@ def test_an_empty_result_warns_and_its_report_and_qa_picture_say_why(empty, tmp_
     assert data["bundle"]["demo"] is True
     warning = next(r.getMessage() for r in caplog.records if "no kidney found" in r.getMessage())
     assert str(empty["ct"]) in warning and data["stage1_decision"] in warning
-    assert titles == [f"No kidney found ({data['stage1_decision']}); {DEMO_NOTICE}"]
+    partial = f"Made without {', '.join(data['bundle']['missing_roles'])} (a partial bundle)"
+    assert titles == [f"No kidney found ({data['stage1_decision']}); {partial}; {DEMO_NOTICE}"]
 
 
 def test_the_command_line_prints_the_warning_on_stderr_and_exits_0(empty, tmp_path):
     done = subprocess.run([sys.executable, "-m", "KidneyTumorSegLib.cli.main", "segment", str(empty["ct"]), "-o",
-                           str(tmp_path / "seg.nii.gz"), "--bundle", str(empty["bundle"]), "--device", "cpu", "--progress", "none"],
+                           str(tmp_path / "seg.nii.gz"), "--bundle", str(empty["bundle"]), "--allow-partial", "--device", "cpu", "--progress", "none"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout == ""
     warning = next(line for line in done.stderr.splitlines() if "no kidney found" in line)
@@ -75,12 +80,12 @@ def test_the_command_line_prints_the_warning_on_stderr_and_exits_0(empty, tmp_pa
 
 def test_a_result_with_kidney_of_a_trained_bundle_carries_no_note(tmp_path, capsys, caplog):
     image = image_in(phantom_ct(WORKING_SHAPE), "RAS")
-    bundle = steered_bundle(tmp_path / "bundle", ("stage1", "KT"), {"stage1": 10.0, "KT": 10.0}, heat=1.0, kidney_patch=(16, 64, 64))
+    bundle = steered_bundle(tmp_path / "bundle", tuple(ROLES), {"stage1": 10.0, "KT": 10.0}, heat=1.0, kidney_patch=(16, 64, 64))
     set_demo(bundle, False)
     ct = write_nifti(tmp_path / "ct.nii.gz", image.array, image.affine)
     report = tmp_path / "report.json"
     assert main(["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--report", str(report), "--bundle", str(bundle),
-                 "--device", "cpu", "--progress", "none"]) == 0
+                 "--device", "cpu", "--members", "KT", "--progress", "none"]) == 0
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["kidney_found"] is True and data["bundle"]["demo"] is False and result_notes(data) == []
     assert "no kidney found" not in capsys.readouterr().err + caplog.text
@@ -92,7 +97,7 @@ def test_batch_marks_the_empty_case_in_its_row_and_report(empty, tmp_path, caplo
     cases.mkdir()
     (cases / "empty_case.nii.gz").write_bytes(empty["ct"].read_bytes())
     with caplog.at_level(logging.WARNING):
-        assert main(["batch", str(cases), str(results), "--bundle", str(empty["bundle"]), "--device", "cpu", "--progress", "none"]) == 0
+        assert main(["batch", str(cases), str(results), "--bundle", str(empty["bundle"]), "--allow-partial", "--device", "cpu", "--progress", "none"]) == 0
     assert any(r.getMessage().startswith("empty_case: no kidney found") for r in caplog.records)
     row = next(csv.DictReader(open(results / "summary.csv", encoding="utf-8")))
     assert row["status"] == "ok" and row["kidney_found"] == "False"
@@ -102,11 +107,18 @@ def test_batch_marks_the_empty_case_in_its_row_and_report(empty, tmp_path, caplo
 
 
 def test_kidney_finding_names_a_given_crop_and_counts_tumor_as_kidney():
-    labels = np.zeros((4, 4, 4), np.uint8)
-    assert kidney_finding(labels, None, None) == {"kidney_found": False, "stage1_decision": "the crop box was given, not chosen by stage 1"}
-    assert kidney_finding(labels, None, False)["stage1_decision"].endswith("; stage 1 marked no kidney voxel in the image")
+    labels = np.zeros((40, 40, 40), np.uint8)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+
+    def sides() -> dict:
+        return side_findings(measure(labels, affine), None)
+
+    assert kidney_finding(sides(), None, None) == {"kidney_found": False, "stage1_decision": "the crop box was given, not chosen by stage 1"}
+    assert kidney_finding(sides(), None, False)["stage1_decision"].endswith("; stage 1 marked no kidney voxel in the image")
     labels[1, 1, 1] = 2
-    assert kidney_finding(labels, None, True)["kidney_found"] is True
+    assert kidney_finding(sides(), None, True)["kidney_found"] is False  # one voxel is no kidney (under 10 mL)
+    labels[:25, :25, :25] = 2  # 15.6 mL of tumor on one side
+    assert kidney_finding(sides(), None, True)["kidney_found"] is True
 
 
 def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):
@@ -119,11 +131,14 @@ def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):
     from KidneyTumorSegLib.stage1 import Landmark, Stage1Result
 
     shape = (20, 80, 80)
-    seg, landmarks, crop = Box((2, 10, 10), (17, 69, 69)), Box((4, 20, 20), (15, 59, 59)), Box((6, 30, 30), (13, 49, 49))
-    stage1 = Stage1Result(seg, landmarks, seg, None, crop, (Landmark("center", (10.0, 40.0, 40.0), 0.9),), ())
+    frame = working_frame_for(shape, working_affine())
+    seg, crop = Box((2, 10, 10), (17, 69, 69)), Box((6, 30, 30), (13, 49, 49))
+    landmarks = seg  # the landmark box on the segmentation box: both must still show (line styles)
+
     def draw(title: str) -> np.ndarray:
+        stage1 = Stage1Result(seg, landmarks, seg, None, crop, (Landmark("center", (10.0, 40.0, 40.0), 0.9),), ())
         path = tmp_path / "qa.png"
-        save_qa_png(path, np.zeros(shape, np.float32), np.zeros(shape, np.uint8), crop, stage1, (3.0, 0.78, 0.78), title=title)
+        save_qa_png(path, np.zeros(shape, np.float32), np.zeros(shape, np.uint8), crop, stage1, frame, title=title)
         return matplotlib.image.imread(path)[..., :3]
 
     def count(pixels: np.ndarray, rgb: tuple[float, float, float]) -> int:
@@ -139,8 +154,8 @@ def test_each_box_has_one_colour_in_the_qa_picture(tmp_path):
 
 def test_each_box_has_one_colour_in_slicer_the_panel_and_the_readme():
     ui = (REPO / "KidneyTumorSeg" / "Resources" / "UI" / "KidneyTumorSeg.ui").read_text(encoding="utf-8")
-    assert f"Show segmentation box ({BOX_COLOURS['segmentation'].name})" in ui
-    assert f"Show landmark box ({BOX_COLOURS['landmarks'].name})" in ui
+    assert f"Show the box around the kidney tissue found ({BOX_COLOURS['segmentation'].name})" in ui
+    assert f"Show the box of the kidney landmarks ({BOX_COLOURS['landmarks'].name})" in ui
     assert f"Crop box ({BOX_COLOURS['crop'].name})" in ui and f"Show landmarks ({LANDMARK_COLOUR.name})" in ui
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     caption = re.search(r"!\[QA picture[^]]*\]", readme).group(0)
@@ -155,3 +170,33 @@ def test_each_box_has_one_colour_in_slicer_the_panel_and_the_readme():
 
     assert [style.color for style in (SEGMENTATION_BOX, LANDMARK_BOX, CROP_BOX)] == [c.rgb for c in BOX_COLOURS.values()]
     assert "LANDMARK_COLOUR.rgb" in Path(show_landmarks.__code__.co_filename).read_text(encoding="utf-8")
+
+
+def test_qa_titles_carry_the_input_files_slice_numbers(tmp_path, monkeypatch):
+    """An RAS input (the working frame's axes reversed and reordered): the axial panel names the
+    input's k index of its slice and the coronal its j index, as a viewer of the input file
+    numbers them; the working frame's slice number is there in small."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from KidneyTumorSegLib.boxes import Box
+    from KidneyTumorSegLib.qa import save_qa_png
+
+    image = image_in(phantom_ct(WORKING_SHAPE), "RAS")  # input [i, j, k] = R, A, S; working [z, y, x] = I, P, L
+    frame = working_frame_for(image.array.shape, image.affine)
+    labels = np.zeros(frame.shape, np.uint8)
+    labels[3:6, 20:30, 10:20] = 1  # the picture centres on the labels: working voxel (4, 25, 15) (medians)
+    titles, texts = [], []
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text))
+    draw_text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, text, *a, **k: (texts.append(text), draw_text(self, x, y, text, *a, **k)))
+    save_qa_png(tmp_path / "qa.png", np.zeros(frame.shape, np.float32), labels, Box.full(frame.shape), None, frame,
+                uncertainty_zyx=np.zeros(frame.shape, np.float32))
+    centre = np.linalg.inv(image.affine) @ frame.affine @ np.array([4.0, 24.5, 14.5, 1.0])
+    z, y = frame.shape[0] - 1, frame.shape[1] - 1
+    assert titles[0] == f"axial, input slice k = {int(np.rint(centre[2]))} of 0-{image.array.shape[2] - 1}"
+    assert int(np.rint(centre[2])) == z - 4  # S is the reverse of I
+    assert titles[1] == f"coronal, input slice j = {int(np.rint(centre[1]))} of 0-{image.array.shape[1] - 1}"
+    assert int(np.rint(centre[1])) in (y - 24, y - 25)  # A is the reverse of P
+    assert titles[2] == f"uncertainty, input slice k = {z - 4} of 0-{z}"
+    assert texts[:2] == ["working frame slice 4", "working frame slice 24"]

@@ -36,6 +36,7 @@ EXPECTED_WIDGETS = {
     "overlapSpinBox": "QDoubleSpinBox",
     "minTumorPixelsSpinBox": "QSpinBox",
     "keepAllComponentsCheckBox": "QCheckBox",
+    "allowPartialCheckBox": "QCheckBox",
     "showResult3DCheckBox": "QCheckBox",
     "showUncertaintyCheckBox": "QCheckBox",
     "segmentButton": "QPushButton",

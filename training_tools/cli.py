@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from training_tools.cli_review import add_review_commands
 from training_tools.cli_training import add_training_commands
 from training_tools.phantom_style import DEFAULT_STYLE, STYLES
 from training_tools.phantom_fov import FIELDS_OF_VIEW
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_phantoms(commands)
     add_training_commands(commands)
+    add_review_commands(commands)
     return parser
 
 

@@ -149,6 +149,14 @@ class Cascade:
         return make_predictor(self._network(role), device, self.amp_dtype, output, channels_last=self.options.channels_last)
 
     @property
+    def user_box_is_authority(self) -> bool:
+        """Whether a crop box the user gives overrides stage 1's support (``stage1.user_box_rule``)."""
+        rule = self.settings.stage1.user_box_rule
+        if rule not in ("authority", "support"):
+            raise ValueError(f"stage1.user_box_rule must be 'authority' or 'support', not {rule!r}")
+        return rule == "authority"
+
+    @property
     def kidney_models_label(self) -> bool:
         """Whether K1/K2 can change a label in stage 2: only in strict consensus. Under the default
         (KT-only voxels are kidney) the label is the same with or without K, so stage 2 does not
@@ -300,16 +308,21 @@ class Cascade:
 
     # -- stage 2 -----------------------------------------------------------------------------
     def segment_crop(self, case: PreparedCase, crop: Box, progress: ProgressReport = _silent,
-                     cancel: CancelCallback | None = None) -> tuple[np.ndarray, EnsembleUncertainty | None]:
+                     cancel: CancelCallback | None = None, user_box: bool = False) -> tuple[np.ndarray, EnsembleUncertainty | None]:
         """The stage-2 ensemble inside ``crop``: label map ``[z, y, x]`` of the crop (uint8), and
         where its members disagree (None when ``options.uncertainty`` is off). With
         ``stage1.support_components`` on, KT's components lying mostly outside stage 1's support
-        are trimmed to its neighbourhood (or dropped) before label assignment (support.py)."""
+        are trimmed to its neighbourhood (or dropped) before label assignment (support.py) --
+        except in a box the user gave (``user_box``) under the user's box rule
+        (``stage1.user_box_rule = "authority"``): there every component inside the box is kept."""
         support = self._support_for_crop(case, progress, cancel)
         volume = case.normalized[crop.slices]
         kt = self._run_3d("KT", volume, "seg", progress, "stage2", cancel)[0]
         kt_mask = kt >= self.settings.geometry.probability_threshold
-        if support is not None:
+        if support is not None and user_box and self.user_box_is_authority:
+            logger.info("stage 2: the crop box was given, so every kidney region inside it is kept (%d KT voxels); "
+                        "stage 1's support does not apply (the user's box rule)", kt_mask.sum())
+        elif support is not None:
             kept = supported_part(kt_mask, crop, support, self.settings)
             logger.info("stage 2: kept %d of %d KT voxels, in or beside stage 1's support", kept.sum(), kt_mask.sum())
             kt, kt_mask = np.where(kept, kt, 0).astype(kt.dtype), kept
@@ -332,7 +345,9 @@ class Cascade:
 
     def segment(self, image: Image, crop: Box | None = None, progress: ProgressReport = _silent,
                 cancel: CancelCallback | None = None, case: PreparedCase | None = None) -> SegmentationResult:
-        """Run the cascade on ``image``; ``crop`` (working-frame box) skips stage 1."""
+        """Run the cascade on ``image``; ``crop`` (working-frame box) skips stage 1's boxes and is the
+        user's box: under the user's box rule (the default) stage 1's support does not veto what
+        stage 2 finds inside it."""
         self.timings = {}
         case = case or self.prepare(image)
         self.timings["prepare"] = case.seconds
@@ -341,7 +356,7 @@ class Cascade:
             stage1 = self.locate(case, progress, cancel)
             crop = stage1.crop_box
         check_cancel(cancel)
-        labels_crop, uncertainty = self.segment_crop(case, crop, progress, cancel)
+        labels_crop, uncertainty = self.segment_crop(case, crop, progress, cancel, user_box=stage1 is None)
         start = time.perf_counter()
         labels_working = np.zeros(case.normalized.shape, np.uint8)
         labels_working[crop.slices] = labels_crop

@@ -22,7 +22,8 @@ from typing import Any
 
 from .colours import BOX_COLOURS
 from .imageio import Image, read_image
-from .locate_result import LocateOutcome
+from .kidney_sides import per_side_lines
+from .locate_result import LocateOutcome, RasBox
 from .mrml.landmarks import show_landmarks
 from .mrml.roi import CROP_BOX, LANDMARK_BOX, SEGMENTATION_BOX, roi_ras_box, set_visible, show_roi
 from .mrml.scene import node_ids
@@ -81,6 +82,7 @@ class Parameters:
     overlap: float = 0.25
     min_tumor_pixels: int = DEFAULT_SETTINGS.fusion.min_tumor_component_pixels
     keep_all_components: bool = not DEFAULT_SETTINGS.stage1.support_components
+    allow_partial: bool = False
     show_segmentation_box: bool = True
     show_landmark_box: bool = True
     show_landmarks: bool = True
@@ -114,7 +116,7 @@ class Parameters:
 
     def run_options(self) -> RunOptions:
         return RunOptions(self.bundle_path, self.device, self.members, self.overlap, self.min_tumor_pixels,
-                          self.keep_all_components)
+                          self.keep_all_components, self.allow_partial)
 
 
 def _to_text(value: Any) -> str:
@@ -158,8 +160,8 @@ class Controller:
     is replaced (the default refuses). ``on_change()`` is called after every state or progress
     change. Callbacks of the runner arrive through :meth:`poll`.
 
-    After a segmentation, :attr:`review` is its review summary (score, whether the case needs
-    review, disputed volume; see uncertainty.CaseReview), else None.
+    After a segmentation, :attr:`review` is its review summary (the flag's score and verdict,
+    review_flag.py, with the disputed volume of uncertainty.CaseReview), else None.
     """
 
     def __init__(self, scene: Any, parameter_node: Any | None, runner: ProcessRunner, command: CliCommand | None = None,
@@ -236,8 +238,8 @@ class Controller:
 
     @property
     def review(self) -> dict[str, Any] | None:
-        """The last segmentation's review summary (``CaseReview.to_json``), None before one."""
-        return self.report.get("uncertainty")
+        """The last segmentation's review summary, None before one."""
+        return case_review_summary(self.report)
 
     @property
     def running(self) -> bool:
@@ -291,12 +293,13 @@ class Controller:
         folder = self._job_folder()
         job = _Job(State.SEGMENTING, p.input_volume, folder, folder / "labels.nii.gz", folder / "report.json",
                    folder / "uncertainty.nii.gz", folder / "review.nii.gz")
-        box = None
+        box, rule = None, "authority"
         if p.crop_roi is not None:
             box = folder / "box.json"
             box.write_text(json.dumps(roi_ras_box(p.crop_roi).to_json()), encoding="utf-8")
+            rule = "support" if crop_is_stage1s(p.crop_roi) else "authority"
         return self._start(job, lambda image: self.command.segment(image, job.output, p.run_options(), box, job.report,
-                                                                   job.uncertainty, job.review_mask))
+                                                                   job.uncertainty, job.review_mask, rule))
 
     def _start(self, job: _Job, argv_for: Callable[[Path], list[str]]) -> bool:
         self._job, self._outcome, self.error = job, None, ""
@@ -414,7 +417,8 @@ class Controller:
             p,
             segmentation_roi=show_roi(p.segmentation_roi, outcome.segmentation_box, self.scene, f"{name} segmentation box", SEGMENTATION_BOX),
             landmark_roi=show_roi(p.landmark_roi, outcome.landmark_box, self.scene, f"{name} landmark box", LANDMARK_BOX),
-            crop_roi=show_roi(p.crop_roi, outcome.crop_box, self.scene, f"{name} crop box", CROP_BOX),
+            crop_roi=mark_stage1_crop(show_roi(p.crop_roi, outcome.crop_box, self.scene, f"{name} crop box", CROP_BOX),
+                                      outcome.crop_box),
             landmarks=show_landmarks(p.landmarks, outcome.landmarks, self.scene, f"{name} landmarks"),
         )
         self._store(p)
@@ -432,7 +436,7 @@ class Controller:
         fill_segmentation(target, labels.array, labels.affine)
         if p.show_3d:
             show_3d(target)
-        review = report["uncertainty"]
+        review = case_review_summary(report)
         stored = read_image(job.uncertainty)  # uint8 over the input voxels near the crop (uncertainty_files.py)
         uncertainty = show_uncertainty(p.uncertainty_volume, Image(uncertainty_from_bytes(stored.array), stored.affine),
                                        self.scene, f"{name} uncertainty", job.volume, p.show_uncertainty)
@@ -442,7 +446,7 @@ class Controller:
         fill_review(disputed, mask.array, mask.affine)
         set_review_attributes(target, review)
         table = p.results_table or self.scene.AddNewNodeByClass(TABLE_NODE, f"{name} measurements")
-        fill_measurements_table(table, report["measurements"], review)
+        fill_measurements_table(table, report["measurements"], review, report.get("kidneys"))
         self._store(dataclasses.replace(p, output_segmentation=target, results_table=table, uncertainty_volume=uncertainty,
                                         review_segmentation=disputed))
         self.measurements, self.report = report["measurements"], report
@@ -465,6 +469,29 @@ class Controller:
         return path
 
 
+STAGE1_CROP_ATTRIBUTE = "KidneyTumorSeg.stage1Crop"
+"""ROI node attribute: the RAS corners of the crop stage 1 chose, as JSON, set by Locate."""
+
+
+def mark_stage1_crop(roi: Any, box: RasBox) -> Any:
+    """Remember on ``roi`` the crop stage 1 chose (``box``), so Segment knows whether it was moved."""
+    roi.SetAttribute(STAGE1_CROP_ATTRIBUTE, json.dumps(box.to_json()))
+    return roi
+
+
+def crop_is_stage1s(roi: Any) -> bool:
+    """Whether ``roi`` still holds the crop stage 1 chose. A box dragged or resized by the user, or an
+    ROI of the user's own, is the user's box: stage 1's support does not veto what stage 2 finds in it."""
+    stored = roi.GetAttribute(STAGE1_CROP_ATTRIBUTE)
+    if not stored:
+        return False
+    try:
+        located = RasBox.from_corners(json.loads(stored)["ras"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return roi_ras_box(roi).same_as(located)
+
+
 def _same_node(a: Any, b: Any) -> bool:
     return a is b or (a is not None and b is not None and a.GetID() == b.GetID())
 
@@ -477,13 +504,29 @@ def _summary(report: dict[str, Any]) -> str:
                 "Drag the crop box over the kidneys and Segment again.")
     else:
         measurements = report["measurements"]
-        text = (f"Done: kidneys {measurements['kidney_ml']['total']:.0f} mL, {measurements['tumor_count']} tumor(s), "
+        sides = "; ".join(per_side_lines(report["kidneys"])) if "kidneys" in report else \
+            f"kidneys {measurements['kidney_ml']['total']:.0f} mL"
+        text = (f"Done: {sides}; {measurements['tumor_count']} tumor(s), "
                 f"largest {measurements['largest_tumor_diameter_mm']:.0f} mm (see the results table).")
-    review = report.get("uncertainty")
+        for warning in report.get("warnings") or ():
+            text += f" Warning: {warning}."
+    review = case_review_summary(report)
     if review is not None:
-        verdict = "needs review" if review["review"] else "the models agree"
-        text = f"{text} Review score {review['score']:.2f}: {verdict} ({review['disputed_ml']:.0f} mL disputed)."
+        tripped = (report.get("review_flag") or {}).get("tripped")
+        verdict = f"needs review: {'; '.join(tripped)}" if review["review"] and tripped else \
+            "needs review" if review["review"] else "no review flag"
+        text = f"{text} Review score {review['score']:.2f}, {verdict} ({review['disputed_ml']:.0f} mL disputed)."
     return f"{text} {DEMO_NOTICE}." if made_by_demo(report) else text
+
+
+def case_review_summary(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's uncertainty summary (``CaseReview.to_json``) with the review flag's score and
+    verdict in place of the uncertainty's own (review_flag.py); None without an uncertainty."""
+    review = report.get("uncertainty")
+    if review is None:
+        return None
+    flag = report.get("review_flag")
+    return review if flag is None else {**review, "score": flag["score"], "review": bool(report.get("review"))}
 
 
 def _error_line(stderr: str, code: int) -> str:

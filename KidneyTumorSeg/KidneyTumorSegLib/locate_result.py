@@ -57,6 +57,13 @@ class RasBox:
     def size(self) -> Vector:
         return _vector(np.array(self.high) - np.array(self.low))
 
+    def same_as(self, other: RasBox | None, tolerance_mm: float = 0.5) -> bool:
+        """Whether ``other`` has the same corners within ``tolerance_mm`` (False for None)."""
+        if other is None:
+            return False
+        corners = np.array([self.low, self.high]) - np.array([other.low, other.high])
+        return bool(np.abs(corners).max() <= tolerance_mm)
+
     def to_json(self) -> dict[str, list[list[float]]]:
         """``{"ras": [[xlo, ylo, zlo], [xhi, yhi, zhi]]}``: what ``segment --box`` reads."""
         return {"ras": [list(self.low), list(self.high)]}

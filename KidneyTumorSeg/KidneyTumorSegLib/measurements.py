@@ -30,8 +30,8 @@ def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
     x is below the midline -- halfway between the centroids of the two largest foreground
     components, or the image centre when there are fewer. Returns ``kidney_ml``/``tumor_ml``
     per side ("left", "right", "total"), ``tumor_count`` (26-connected tumor components),
-    ``tumors`` (volume mL, largest diameter mm and side each, largest first) and
-    ``largest_tumor_diameter_mm``.
+    ``tumors`` (volume mL, largest diameter mm and side each, largest first),
+    ``largest_tumor_diameter_mm`` and ``midline_x_mm`` (RAS x of the midline).
     """
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3])) / _MM3_PER_ML)
     image_centre_x = _world_x((np.array(labels.shape) - 1) / 2.0, affine)
@@ -60,6 +60,7 @@ def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
     result["tumor_count"] = int(tumor_count)
     result["tumors"] = tumors
     result["largest_tumor_diameter_mm"] = max((t["diameter_mm"] for t in tumors), default=0.0)
+    result["midline_x_mm"] = midline
     return result
 
 

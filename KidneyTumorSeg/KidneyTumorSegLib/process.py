@@ -79,7 +79,8 @@ def parse_line(line: str) -> ProgressEvent | DoneEvent | None:
 class RunOptions:
     """Model options passed to every command: bundle folder ("" = the shipped demo bundle),
     device, stage-2 members (empty = all), sliding-window overlap, tumor clean-up threshold, and
-    whether stage 2's kidney components that stage 1 did not see are kept (support.py)."""
+    whether stage 2's kidney components that stage 1 did not see are kept (support.py), and whether
+    a bundle lacking some of the twelve models may run (refused otherwise)."""
 
     bundle: str = ""
     device: str = "auto"
@@ -87,6 +88,7 @@ class RunOptions:
     overlap: float = 0.25
     min_tumor_pixels: int = 64
     keep_all_components: bool = False
+    allow_partial: bool = False
 
     def argv(self, labels: bool = True) -> list[str]:
         """The options as command-line arguments; ``labels`` False leaves out those only a command
@@ -96,6 +98,8 @@ class RunOptions:
             args += ["--min-tumor-pixels", str(int(self.min_tumor_pixels))]
         if self.keep_all_components:
             args.append("--keep-all-components")
+        if self.allow_partial:
+            args.append("--allow-partial")
         if self.bundle:
             args += ["--bundle", str(self.bundle)]
         if self.members:
@@ -120,12 +124,12 @@ class CliCommand:
                 "--overwrite"]
 
     def segment(self, image: Path, output: Path, options: RunOptions, box: Path | None = None, report: Path | None = None,
-                uncertainty: Path | None = None, review_mask: Path | None = None) -> list[str]:
-        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON, or stage 1 first when None; ``--report``,
-        ``--uncertainty`` and ``--review-mask`` when given)."""
+                uncertainty: Path | None = None, review_mask: Path | None = None, box_rule: str = "authority") -> list[str]:
+        """``segment IMAGE -o OUT`` (``--box`` a boxes JSON with ``--box-rule box_rule``, or stage 1
+        first when None; ``--report``, ``--uncertainty`` and ``--review-mask`` when given)."""
         argv = [*self._base("segment"), str(image), "-o", str(output), *options.argv(), "--progress", "json", "--overwrite"]
         if box is not None:
-            argv += ["--box", str(box)]
+            argv += ["--box", str(box), "--box-rule", box_rule]
         if report is not None:
             argv += ["--report", str(report)]
         if uncertainty is not None:

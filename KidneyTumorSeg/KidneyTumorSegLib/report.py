@@ -10,7 +10,6 @@ import numpy as np
 
 from .boxes import Box
 from .geometry import WorkingFrame, index_to_world
-from .settings import LABEL_BACKGROUND
 from .stage1 import Stage1Result
 
 DEMO_NOTICE = "Made with a DEMO bundle trained on synthetic phantoms: not for clinical use"
@@ -159,30 +158,44 @@ def stage1_json(result: Stage1Result, frame: WorkingFrame) -> dict[str, Any]:
     }
 
 
-def kidney_finding(labels: np.ndarray, stage1: Stage1Result | None, stage1_marked_kidney: bool | None) -> dict[str, Any]:
-    """``{"kidney_found": ..., "stage1_decision": ...}`` of a result: whether ``labels`` (any grid,
-    0/1/2) hold any kidney or tumor voxel, and in one sentence what stage 1 decided on the way: its
-    rules' decisions when it chose the crop; else that the crop was given, and whether stage 1's
-    segmentation head marked any kidney in the image (``stage1_marked_kidney``, None: not run)."""
+def kidney_finding(sides: Mapping[str, Mapping[str, Any]], stage1: Stage1Result | None,
+                   stage1_marked_kidney: bool | None) -> dict[str, Any]:
+    """``{"kidney_found": ..., "stage1_decision": ...}`` of a result: whether a kidney was found on
+    either side (``sides``: kidney_sides.side_findings), and in one sentence what stage 1 decided
+    on the way: its rules' decisions when it chose the crop; else that the crop was given, and
+    whether stage 1's segmentation head marked any kidney in the image (``stage1_marked_kidney``,
+    None: not run)."""
     if stage1 is not None:
         parts = list(stage1.decisions)
     else:
         parts = ["the crop box was given, not chosen by stage 1"]
         if stage1_marked_kidney is not None:
             parts.append("stage 1 marked " + ("kidney" if stage1_marked_kidney else "no kidney voxel") + " in the image")
-    return {"kidney_found": bool(np.any(np.asarray(labels) != LABEL_BACKGROUND)), "stage1_decision": "; ".join(parts)}
+    return {"kidney_found": any(bool(side["kidney_found"]) for side in sides.values()), "stage1_decision": "; ".join(parts)}
 
 
 def result_notes(report: Mapping[str, Any]) -> list[str]:
     """What a result must say wherever it is shown: that no kidney was found (and what stage 1
-    decided), and that a demo bundle made it. ``report`` holds :func:`kidney_finding`'s fields and
-    ``bundle.demo``."""
+    decided), the per-kidney warnings, that a bundle lacking models made it, and that a demo bundle
+    made it. ``report`` holds :func:`kidney_finding`'s fields, ``warnings`` and ``bundle``."""
     notes = []
     if report.get("kidney_found") is False:
         notes.append(f"No kidney found ({report.get('stage1_decision', '')})")
+    notes += [warning[0].upper() + warning[1:] for warning in report.get("warnings") or ()]
+    missing = (report.get("bundle") or {}).get("missing_roles")
+    if missing:
+        notes.append(f"Made without {', '.join(missing)} (a partial bundle)")
     if made_by_demo(report):
         notes.append(DEMO_NOTICE)
     return notes
+
+
+def found_line(measurements: Mapping[str, Any]) -> str:
+    """Kidney volume per side, tumor count and tumor volume of :func:`measurements.measure`'s dict,
+    in one line: ``left kidney 150 mL, right kidney 140 mL; 2 tumors, 37 mL``."""
+    kidney, tumor, count = measurements["kidney_ml"], measurements["tumor_ml"], measurements["tumor_count"]
+    return (f"left kidney {kidney['left'] + tumor['left']:.0f} mL, right kidney {kidney['right'] + tumor['right']:.0f} mL; "
+            f"{count} tumor{'' if count == 1 else 's'}, {tumor['total']:.0f} mL")
 
 
 def made_by_demo(report: Mapping[str, Any]) -> bool:

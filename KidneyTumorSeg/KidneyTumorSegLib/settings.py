@@ -67,6 +67,9 @@ class Stage1Settings:
     support_outside: str = "trim"
     support_trim_margin_blocks: int = 1
     refine_only_when_support_is_smaller: bool = True  # [D] with the support: skip K when it cannot shrink the box
+    # [D] the user's box rule: inside a crop box the user gives (--box, a box dragged in Slicer) every kidney region
+    # stage 2 finds is kept, stage 1's support does not veto it ("authority"); "support": the support rule applies there too
+    user_box_rule: str = "authority"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ class UncertaintySettings:
 
 
 @dataclass(frozen=True)
+class FindingSettings:
+    """What a result says per kidney (kidney_sides.py); not in the paper, every value ours."""
+
+    min_kidney_ml: float = 10.0  # [D] a side's kidney counts as found when kidney and tumor there reach 10 mL
+    smaller_kidney_ratio: float = 1.0 / 3.0  # [D] a kidney (with tumor) below a third of the other is called far smaller
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     """Metrics beyond the KiTS19 Dice (SPEC §4)."""
 
@@ -115,6 +126,7 @@ class MethodSettings:
     crop: CropSettings = field(default_factory=CropSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
     uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
+    findings: FindingSettings = field(default_factory=FindingSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
 

@@ -111,6 +111,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.input_dir}: no images found (.nii.gz, .nii, .nrrd, or case folders with imaging.nii.gz)")
     shard = shard_from(args.shard, os.environ)
     cases = shard.take(sorted(found))
+    bundle = open_bundle(args)  # a bad or partial bundle is refused before the output folder is made
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
@@ -119,7 +120,6 @@ def run_batch(args: argparse.Namespace) -> int:
     refuse_existing_results(out, cases, args.resume, args.overwrite)
     args.device = shard_device(args.device, os.environ, torch.cuda.device_count())
     options = inference_options(args)
-    bundle = open_bundle(args)
     cascade = Cascade(bundle, options)
     if shard.count > 1:
         logger.info("shard %s (%s): %d of the %d cases, on %s", shard, shard.source, len(cases), len(found), cascade.device)
@@ -144,9 +144,11 @@ def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path,
         image = check_ct(read_image(image_path), force=args.force)
         prepared = cascade.prepare(image)
         result = cascade.segment(image, case=prepared)
-        report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path)
+        report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path, cascade.settings)
         if not report["kidney_found"]:
             logger.warning("%s: no kidney found (%s)", case, report["stage1_decision"])
+        for warning in report["warnings"]:
+            logger.warning("%s: %s", case, warning)
         write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case),
                       uncertainty=uncertainty_path(out, case) if args.uncertainty else None)
     except Exception as error:  # a failing case is recorded and the batch goes on

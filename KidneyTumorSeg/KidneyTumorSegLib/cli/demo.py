@@ -10,6 +10,7 @@ import numpy as np
 
 from ..bundle import default_bundle_path
 from ..imageio import read_image
+from ..measurements import measure
 from ..metrics import kits_dice
 from .segment import add_model_options, run_segment
 
@@ -48,15 +49,19 @@ def run_demo(args: argparse.Namespace) -> int:
     args.uncertainty = args.out / "uncertainty.nii.gz"
     args.review_mask = None
     args.box = None
+    args.truth = sample / "segmentation.nii.gz"  # its tumor count and volume go beside the result's in the QA picture
     args.bundle = args.bundle or default_bundle_path()
     if made_by_demo(args.report, args.image):  # the demo owns its folder: its earlier outputs are replaced
         args.overwrite = True
     run_segment(args)
-    predicted = np.asarray(read_image(args.output).array, np.uint8)
-    truth = np.asarray(read_image(sample / "segmentation.nii.gz").array, np.uint8)
-    scores = kits_dice(predicted, truth)
+    predicted = read_image(args.output)
+    truth = np.asarray(read_image(args.truth).array, np.uint8)
+    scores = kits_dice(np.asarray(predicted.array, np.uint8), truth)
     report = json.loads(args.report.read_text(encoding="utf-8"))
-    summary = {"dice": scores, "seconds": report["seconds"]["total"], "peak_rss_mb": report["peak_rss_mb"],
+    truth_measured = measure(truth, predicted.affine)
+    tumors = {"result": {"count": report["measurements"]["tumor_count"], "ml": report["measurements"]["tumor_ml"]["total"]},
+              "truth": {"count": truth_measured["tumor_count"], "ml": round(truth_measured["tumor_ml"]["total"], 3)}}
+    summary = {"dice": scores, "tumors": tumors, "seconds": report["seconds"]["total"], "peak_rss_mb": report["peak_rss_mb"],
                "outputs": [str(args.output), str(args.report), str(args.qa), str(args.uncertainty)]}
     print(json.dumps(summary, indent=2))
     return 0

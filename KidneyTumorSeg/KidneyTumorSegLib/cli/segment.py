@@ -12,16 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..boxes import Box
-from ..bundle import ModelBundle, default_bundle_path, load_bundle
+from ..bundle import BundleError, ModelBundle, default_bundle_path, load_bundle
 from ..cascade import KIDNEY_ROLES, STAGE2_ORDER, Cascade, InferenceOptions, PreparedCase, SegmentationResult
 from ..crop_values import crop_to_frame
 from ..geometry import WorkingFrame, working_frame_for
 from ..imageio import (Image, atomic_output, check_output_path, image_suffix, read_image, refuse_input_as_output,
                        write_label_map)
+from ..kidney_sides import per_side_lines, side_findings, side_warnings, stage1_sides
 from ..measurements import measure
 from ..peak_memory import peak_rss_mb
-from ..report import DEMO_NOTICE, GivenCrop, box_json, crop_from_json, kidney_finding, result_notes, rounded, stage1_json
+from ..review_flag import load_calibration, review_flag
+from ..report import (DEMO_NOTICE, GivenCrop, box_json, crop_from_json, found_line, kidney_finding, result_notes, rounded,
+                      stage1_json)
 from ..settings import DEFAULT_SETTINGS, LABEL_BACKGROUND, MethodSettings
 from ..uncertainty_files import uncertainty_near_crop, write_uncertainty_files
 from ..validation import InputError, check_ct
@@ -37,7 +42,7 @@ BOXES_NOTE = ("Each box is given twice: 'ijk' (inclusive voxel index ranges of t
               "indexes it) and 'ras' (two opposite corners in mm). `segment --box` reads boxes.crop: edit one of "
               "the two and delete the other; when both are present they must agree within a voxel.")
 SUPPORT_HELP = ("keep stage 2's kidney regions that stage 1 did not see, in the labels and when refining the crop "
-                "(the paper's behaviour; use it when your --box holds a kidney stage 1 missed) (default: keep those "
+                "(the paper's behaviour; a --box of yours needs no such option: see --box-rule) (default: keep those "
                 "stage 1 supports, and of the others only their part beside stage 1's kidneys)")
 LOCATE_SUPPORT_HELP = ("refine the crop with every kidney region the stage-2 kidney models find, also those stage 1 "
                        "did not see (the paper's behaviour) (default: those stage 1 supports, and of the others only their "
@@ -63,6 +68,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="bar (a terminal progress bar), json (JSON lines on stdout, for scripts and Slicer) or "
                              "none (default bar)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse to)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="run a bundle that lacks some of the twelve models, without them (default: refuse it; "
+                             "the report records what was missing)")
 
 
 def add_support_option(parser: argparse.ArgumentParser, help_text: str = SUPPORT_HELP) -> None:
@@ -95,6 +103,10 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--box", default=None,
                         help="boxes.json from `locate` (its crop box, 'ijk' or 'ras'), or 'full' for the whole volume "
                              "(default: stage 1 finds the box)")
+    parser.add_argument("--box-rule", choices=("authority", "support"), default=DEFAULT_SETTINGS.stage1.user_box_rule,
+                        help="with --box: authority (every kidney region stage 2 finds inside your box is kept) or support "
+                             "(stage 1's support rule applies inside it too, as in stage 1's own crop) "
+                             f"(default {DEFAULT_SETTINGS.stage1.user_box_rule})")
     parser.add_argument("--report", type=Path, default=None,
                         help="write a JSON report: boxes, timings, volumes of kidney (1) and tumor (2), tumor sizes "
                              "(default: none)")
@@ -133,7 +145,8 @@ def method_settings(args: argparse.Namespace) -> MethodSettings:
         fusion = dataclasses.replace(fusion, min_tumor_component_pixels=args.min_tumor_pixels,
                                      kt_only_label=LABEL_BACKGROUND if args.strict else fusion.kt_only_label)
     stage1 = dataclasses.replace(DEFAULT_SETTINGS.stage1, support_components=not args.keep_all_components,
-                                 support_outside=args.support_outside)
+                                 support_outside=args.support_outside,
+                                 user_box_rule=getattr(args, "box_rule", DEFAULT_SETTINGS.stage1.user_box_rule))
     return dataclasses.replace(DEFAULT_SETTINGS, fusion=fusion, stage1=stage1)
 
 
@@ -149,8 +162,16 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
 
 
 def open_bundle(args: argparse.Namespace) -> ModelBundle:
-    """The bundle named by ``--bundle`` or the shipped default."""
+    """The bundle named by ``--bundle`` or the shipped default; a bundle lacking some of the
+    paper's twelve models is refused (BundleError) unless ``--allow-partial``."""
     bundle = load_bundle(args.bundle or default_bundle_path())
+    missing = bundle.missing_roles()
+    if missing and not args.allow_partial:
+        raise BundleError(f"{bundle.path}: the bundle lacks {len(missing)} of the 12 models ({', '.join(missing)}); "
+                          "give --allow-partial to run the ensemble without them")
+    if missing:
+        logger.warning("bundle '%s' lacks %s: the ensemble runs without them (--allow-partial)", bundle.path.name,
+                       ", ".join(missing))
     if bundle.is_demo:
         logger.warning("bundle '%s' is a demo bundle trained on synthetic phantoms: not for clinical use", bundle.manifest.get("name", bundle.path.name))
     return bundle
@@ -238,34 +259,46 @@ def crop_from_option(option: Any, frame: WorkingFrame, source: str = "--box") ->
 
 
 def segmentation_report(result: SegmentationResult, case: PreparedCase, bundle: ModelBundle, seconds: float,
-                        image_path: Path, given_crop: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3
-    places); its crop is ``given_crop`` (a given box as the user gave it) or the one stage 1 chose."""
+                        image_path: Path, settings: MethodSettings = DEFAULT_SETTINGS,
+                        given_crop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report of one segmentation of the image at ``image_path`` (floats rounded to 3 places):
+    its crop (``given_crop``, a given box as the user gave it, or the one stage 1 chose), per kidney
+    side what was found (``kidneys``), the warnings a clinician must read (``warnings``), and
+    whether the case needs review (``review``) with why (``review_flag``: score, the measures that
+    tripped, the bundle's calibration; review_flag.py)."""
+    measurements = measure(result.labels, case.image.affine)
+    saw = stage1_sides(case.support_down, case.frame, measurements["midline_x_mm"], settings.geometry.downsample_factor)
+    sides = side_findings(measurements, saw, settings)
     report: dict[str, Any] = {
         "case": case_name(image_path),
         "image": str(image_path),
         "input": str(case.image.array.shape),
         "bundle": {"name": bundle.manifest.get("name"), "path": str(bundle.path), "demo": bundle.is_demo,
-                   "missing_roles": list(bundle.missing_roles())},
+                   "partial": bool(bundle.missing_roles()), "missing_roles": list(bundle.missing_roles())},
         "models": list(result.models),
         "crop": given_crop if given_crop is not None else box_json(result.crop_box, case.frame),
         "stage1": None if result.stage1 is None else stage1_json(result.stage1, case.frame),
-        **kidney_finding(result.labels, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
-        "measurements": measure(result.labels, case.image.affine),
+        **kidney_finding(sides, result.stage1, None if case.support_down is None else bool(case.support_down.any())),
+        "kidneys": sides,
+        "warnings": side_warnings(sides, settings),
+        "measurements": measurements,
         "seconds": {"total": seconds, **result.timings},
         "peak_rss_mb": peak_rss_mb(),
     }
     if result.review is not None:
-        report["review"] = result.review.review
         report["uncertainty"] = result.review.to_json()
+    flag = review_flag(report, load_calibration(bundle.path), settings)
+    report["review"] = flag.pop("review")
+    report["review_flag"] = flag
     return rounded(report)
 
 
 def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, overwrite: bool,
                   report: dict | None = None, report_path: Path | None = None, qa: Path | None = None,
-                  uncertainty: Path | None = None, review_mask: Path | None = None) -> None:
+                  uncertainty: Path | None = None, review_mask: Path | None = None, truth: dict | None = None) -> None:
     """Write the label map / segmentation, and the report, QA picture, uncertainty map and review
-    mask (uncertainty_files.py) when asked: all or nothing."""
+    mask (uncertainty_files.py) when asked: all or nothing. ``truth``: the measurements of a true
+    label map, shown beside the result's in the QA picture."""
     with contextlib.ExitStack() as stack:
         labels = stack.enter_context(atomic_output(output, overwrite))
         write_result(labels, result.labels, case.image.affine, output)
@@ -280,8 +313,11 @@ def write_outputs(result: SegmentationResult, case: PreparedCase, output: Path, 
 
             qa_path = stack.enter_context(atomic_output(qa, overwrite))
             doubt = None if result.uncertainty is None else crop_to_frame(result.uncertainty, result.crop_box, case.frame.shape)
-            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame.spacing,
-                        title="; ".join(result_notes(report or {})), uncertainty_zyx=doubt)
+            caption = "" if report is None else "Result: " + found_line(report["measurements"])
+            if truth is not None:
+                caption += "   |   Truth: " + found_line(truth)
+            save_qa_png(qa_path, case.normalized, result.labels_working, result.crop_box, result.stage1, case.frame,
+                        title="; ".join(result_notes(report or {})), uncertainty_zyx=doubt, caption=caption)
 
 
 def write_result(temporary: Path, labels, affine, destination: Path) -> None:
@@ -343,16 +379,34 @@ def run_segment(args: argparse.Namespace) -> int:
     case = cascade.prepare(image)
     with ProgressDisplay(args.progress, plan(cascade, crop is None), "segment") as display:
         result = cascade.segment(image, None if crop is None else crop.box, display, case=case)
-        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image,
+        report = segmentation_report(result, case, bundle, time.perf_counter() - start, args.image, options.settings,
                                      None if crop is None else crop.echo)
+        truth = getattr(args, "truth", None)
+        truth = None if truth is None else measure(np.asarray(read_image(truth).array, np.uint8), case.image.affine)
         write_outputs(result, case, args.output, args.overwrite, report, args.report, args.qa, args.uncertainty,
-                      args.review_mask)
+                      args.review_mask, truth)
         display.done(output=str(args.output))
     if not report["kidney_found"]:
-        logger.warning("%s: no kidney found: the result is empty (%s). Check the crop with --qa, or give one with --box",
-                       args.image, report["stage1_decision"])
+        advice = ("Check your box with --qa and widen it over the kidneys" if crop is not None
+                  else "Check the crop with --qa, or give one with --box")
+        logger.warning("%s: no kidney found: the result is empty (%s). %s", args.image, report["stage1_decision"], advice)
     logger.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
+    say_what_was_found(report, args.image)
     return 0
+
+
+def say_what_was_found(report: dict[str, Any], image: Path) -> None:
+    """The last lines of a segmentation: per kidney what was found, each warning, and whether the
+    case needs review and why."""
+    for line in per_side_lines(report["kidneys"]):
+        logger.info("%s: %s", case_name(image), line)
+    for warning in report["warnings"]:
+        logger.warning("%s: %s", case_name(image), warning)
+    flag = report["review_flag"]
+    if report["review"]:
+        logger.warning("%s: needs review (score %.2f): %s", case_name(image), flag["score"], "; ".join(flag["tripped"]))
+    else:
+        logger.info("%s: no review flag (score %.2f, below 1 on every measure)", case_name(image), flag["score"])
 
 
 def run_locate(args: argparse.Namespace) -> int:
@@ -375,7 +429,7 @@ def run_locate(args: argparse.Namespace) -> int:
                 from ..qa import save_qa_png
 
                 qa_path = stack.enter_context(atomic_output(args.qa, args.overwrite))
-                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame.spacing,
+                save_qa_png(qa_path, case.normalized, np.zeros(case.frame.shape, np.uint8), stage1.crop_box, stage1, case.frame,
                             title=DEMO_NOTICE if bundle.is_demo else "")
         display.done(output=str(args.output))
     return 0

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
 FAILED_SUFFIX = ".failed.json"
-SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", "kidney_ml", "tumor_ml", "tumor_count",
-                  "largest_tumor_diameter_mm", "review_score", "review", "disputed_ml", "error")
+SIDE_FIELDS = tuple(f"{side}_{key}" for side in ("left", "right") for key in ("kidney_found", "kidney_ml", "tumor_ml"))
+SUMMARY_FIELDS = ("case", "status", "seconds", "kidney_found", *SIDE_FIELDS, "kidney_ml", "tumor_ml", "tumor_count",
+                  "largest_tumor_diameter_mm", "warnings", "review_score", "review", "review_because", "disputed_ml", "error")
 
 
 def failure_path(folder: Path, case: str) -> Path:
@@ -54,14 +55,31 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return {"case": case, "status": "ok", "seconds": (data.get("seconds") or {}).get("total"), "kidney_found": data.get("kidney_found"),
             "kidney_ml": round(measured["kidney_ml"]["total"], 2), "tumor_ml": round(measured["tumor_ml"]["total"], 2),
             "tumor_count": measured["tumor_count"], "largest_tumor_diameter_mm": round(measured["largest_tumor_diameter_mm"], 1),
-            **review_columns(data.get("uncertainty"))}
+            **side_columns(data.get("kidneys")), "warnings": "; ".join(data.get("warnings") or ()),
+            **review_columns(data.get("uncertainty"), data.get("review_flag"))}
 
 
-def review_columns(review: Any) -> dict[str, Any]:
-    """The summary columns of a report's review (``CaseReview.to_json``); none without one."""
-    if not isinstance(review, dict):
+def side_columns(kidneys: Any) -> dict[str, Any]:
+    """The per-side summary columns of a report's ``kidneys`` (kidney_sides.side_findings); none
+    for reports of older versions."""
+    if not isinstance(kidneys, dict):
         return {}
-    return {"review_score": review["score"], "review": "yes" if review["review"] else "no", "disputed_ml": review["disputed_ml"]}
+    return {f"{side}_{key}": (round(value, 2) if isinstance(value, float) else value)
+            for side, finding in kidneys.items() for key, value in finding.items() if f"{side}_{key}" in SIDE_FIELDS}
+
+
+def review_columns(review: Any, flag: Any = None) -> dict[str, Any]:
+    """The summary columns of a report's review: its flag (review_flag.py: score, yes / no, the
+    measures that tripped) and disputed volume (``CaseReview.to_json``); reports of older versions
+    without a flag give the uncertainty's score and verdict; none without either."""
+    columns: dict[str, Any] = {}
+    if isinstance(review, dict):
+        columns = {"review_score": review["score"], "review": "yes" if review["review"] else "no",
+                   "disputed_ml": review["disputed_ml"]}
+    if isinstance(flag, dict):
+        columns.update(review_score=flag["score"], review="yes" if flag["tripped"] else "no",
+                       review_because="; ".join(flag["tripped"]))
+    return columns
 
 
 def triaged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,10 +9,13 @@ TABLE_NODE = "vtkMRMLTableNode"
 COLUMNS = ("Measurement", "Left", "Right", "Total")
 
 
-def measurement_rows(measurements: dict[str, Any], review: dict[str, Any] | None = None) -> list[tuple[str, float, float, float]]:
+def measurement_rows(measurements: dict[str, Any], review: dict[str, Any] | None = None,
+                     kidneys: dict[str, Any] | None = None) -> list[tuple[str, float, float, float]]:
     """Rows ``(name, left, right, total)`` from ``measurements.measure``'s dict (sides: the patient's),
-    then, with the report's ``review`` (``CaseReview.to_json``), the review score, whether the
-    case needs review (1 / 0) and the disputed volume: for the whole case, NaN per side."""
+    first, with the report's ``kidneys`` (kidney_sides.side_findings), whether a kidney was found
+    per side (1 / 0; total: how many); then, with the report's ``review`` (``CaseReview.to_json``),
+    the review score, whether the case needs review (1 / 0) and the disputed volume: for the whole
+    case, NaN per side."""
     tumors = measurements.get("tumors", [])
 
     def per_side(key: str, reduce) -> tuple[float, float, float]:
@@ -22,7 +25,11 @@ def measurement_rows(measurements: dict[str, Any], review: dict[str, Any] | None
     def largest(values: list[float]) -> float:
         return max(values, default=0.0)
 
-    rows = [
+    rows = []
+    if kidneys is not None:
+        found = [float(bool(kidneys[side]["kidney_found"])) for side in ("left", "right")]
+        rows.append(("Kidney found (1 = yes)", *found, sum(found)))
+    rows += [
         ("Kidney volume (mL)", *(float(measurements["kidney_ml"][s]) for s in ("left", "right", "total"))),
         ("Tumor volume (mL)", *(float(measurements["tumor_ml"][s]) for s in ("left", "right", "total"))),
         ("Tumor count", *(float(v) for v in per_side("volume_ml", len))),
@@ -38,8 +45,10 @@ def measurement_rows(measurements: dict[str, Any], review: dict[str, Any] | None
     return rows
 
 
-def fill_measurements_table(node: Any, measurements: dict[str, Any], review: dict[str, Any] | None = None) -> Any:
-    """Replace the contents of table ``node`` with the measurement (and review) rows; returns ``node``."""
+def fill_measurements_table(node: Any, measurements: dict[str, Any], review: dict[str, Any] | None = None,
+                            kidneys: dict[str, Any] | None = None) -> Any:
+    """Replace the contents of table ``node`` with the measurement (per-side findings, review) rows;
+    returns ``node``."""
     table = vtk.vtkTable()
     names = vtk.vtkStringArray()
     names.SetName(COLUMNS[0])
@@ -48,7 +57,7 @@ def fill_measurements_table(node: Any, measurements: dict[str, Any], review: dic
         values = vtk.vtkDoubleArray()
         values.SetName(column)
         table.AddColumn(values)
-    rows = measurement_rows(measurements, review)
+    rows = measurement_rows(measurements, review, kidneys)
     table.SetNumberOfRows(len(rows))
     for r, (name, *values) in enumerate(rows):
         names.SetValue(r, name)
