@@ -31,7 +31,7 @@ DESCRIPTION = f"""\
 Segment every CT of a folder (image files, or KiTS19 case folders holding imaging.nii.gz).
 
 Per case: <case>.nii.gz (labels on the input's grid: {LABEL_MEANING})
-and <case>.json (the report of `segment --report`); a case that fails leaves <case>.failed.json (its error) and the
+and <case>.json (the report of `segment --report`), with --uncertainty <case>.uncertainty.nii.gz; a case that fails leaves <case>.failed.json (its error) and the
 batch goes on. No existing output is replaced without --overwrite: a folder that already holds
 results of these cases is refused unless --resume (run only the others) or --overwrite (run all).
 
@@ -63,6 +63,9 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
                              "(default: torchrun's RANK/WORLD_SIZE or a Slurm array's "
                              "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else every case); with --device "
                              "auto under torchrun each process takes GPU cuda:LOCAL_RANK")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write each case's uncertainty map, <case>.uncertainty.nii.gz (float32 on the input grid; "
+                             "`review` shows it as an overlay) (default: none)")
     add_triage_option(parser)
     add_model_options(parser)
     parser.set_defaults(handler=run_batch)
@@ -74,6 +77,10 @@ def label_path(folder: Path, case: str) -> Path:
 
 def report_path(folder: Path, case: str) -> Path:
     return folder / f"{case}.json"
+
+
+def uncertainty_path(folder: Path, case: str) -> Path:
+    return folder / f"{case}.uncertainty.nii.gz"
 
 
 def refuse_existing_results(folder: Path, cases: list[str], resume: bool, overwrite: bool) -> None:
@@ -129,7 +136,9 @@ def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path,
         report = segmentation_report(result, prepared, bundle, time.perf_counter() - start, image_path)
         if not report["kidney_found"]:
             logger.warning("%s: no kidney found (%s)", case, report["stage1_decision"])
-        write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case))
+        doubt = uncertainty_path(out, case) if args.uncertainty and result.uncertainty is not None else None
+        write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case),
+                      uncertainty=doubt)
     except Exception as error:  # a failing case is recorded and the batch goes on
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         logger.error("%s: failed: %s", case, message)
