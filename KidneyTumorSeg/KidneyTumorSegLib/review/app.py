@@ -27,7 +27,7 @@ from ..mrml.uncertainty import set_overlay, show_uncertainty
 from ..mrml.volumes import set_volume_image
 from .access import TOKEN_COOKIE, TOKEN_PARAMETER, Access
 from .cases import SIDES, ReviewCase
-from .decisions import STATUSES, UNREVIEWED, DecisionFileError, read_decisions, save_decision
+from .decisions import STATUSES, UNREVIEWED, DecisionFileError, read_decisions, resume_index, save_decision
 from .loading import CaseVolumes, Prefetcher
 from .slicer_command import slicer_command
 
@@ -68,7 +68,7 @@ class ReviewApp(TrameApp):
         if access.token is not None:
             self.ctrl.on_server_bind.add(self._require_token)
         if cases:
-            self.open_case(self._resume_index())
+            self.open_case(resume_index([case.name for case in cases], self.decisions))
 
     # -- scene -------------------------------------------------------------------------------
     def _create_nodes(self) -> dict[str, Any]:
@@ -116,10 +116,6 @@ class ReviewApp(TrameApp):
         display.SetWindowLevel(window, level)
 
     # -- cases -------------------------------------------------------------------------------
-    def _resume_index(self) -> int:
-        """The first case without a decision, else the first case."""
-        return next((index for index, case in enumerate(self.cases) if case.name not in self.decisions), 0)
-
     def open_case(self, index: int) -> None:
         """Show case ``index`` of the list, then read the next one in the background."""
         index = max(0, min(index, len(self.cases) - 1))

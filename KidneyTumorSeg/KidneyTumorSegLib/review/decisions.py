@@ -105,6 +105,11 @@ def read_decisions(folder: Path, cases: list[str]) -> dict[str, Decision]:
     return decisions
 
 
+def resume_index(cases: list[str], decisions: dict[str, Decision]) -> int:
+    """Where a restarted review resumes: the first of ``cases`` without a decision, else the first."""
+    return next((index for index, case in enumerate(cases) if case not in decisions), 0)
+
+
 def write_reviews(folder: Path) -> Path:
     """Rebuild ``reviews.csv`` (case, status, note, time; by case) from every decision file of ``folder``."""
     cases = sorted(path.name[: -len(DECISION_SUFFIX)] for path in folder.glob(f"*{DECISION_SUFFIX}"))

@@ -19,7 +19,7 @@ def slicer_code(case: ReviewCase) -> str:
     lines = [
         "import slicer",
         f"labels = slicer.util.loadLabelVolume({_text(case.labels.resolve())})",
-        f"segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", {_text(case.name)})",
+        f'segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", {_text(case.name)})',
         "slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labels, segmentation)",
         "slicer.mrmlScene.RemoveNode(labels)",
         f"segments = {{{segments}}}",
@@ -33,10 +33,10 @@ def slicer_code(case: ReviewCase) -> str:
                   "segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)",
                   "slicer.util.setSliceViewerLayers(background=ct, fit=True)"]
     if case.crop is not None:
-        lines += ["roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Crop")",
+        lines += ['roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Crop")',
                   f"roi.SetCenter({_rounded(case.crop.center)}); roi.SetSize({_rounded(case.crop.size)})",
                   f"roi.GetDisplayNode().SetColor({_rounded(BOX_COLOURS['crop'].rgb)})"]
-    lines.append("slicer.util.selectModule("SegmentEditor")")
+    lines.append('slicer.util.selectModule("SegmentEditor")')
     return "\n".join(lines)
 
 
