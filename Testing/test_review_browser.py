@@ -42,9 +42,21 @@ def _browser_paths() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def _offscreen_rendering() -> bool:
+    """Whether VTK can render off screen here (EGL or OSMesa from Mesa); tried in a child process,
+    which a missing library may abort."""
+    probe = "import vtk; w = vtk.vtkRenderWindow(); w.SetOffScreenRendering(1); w.Render()"
+    try:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     """``(folder, base URL, token)`` of a review server over a fresh batch folder."""
+    if not _offscreen_rendering():
+        pytest.skip("VTK cannot render off screen here (Debian: apt-get install libegl1 libgl1-mesa-dri)")
     root = tmp_path_factory.mktemp("review")
     folder = make_batch_folder(root, FLAGS)
     port = _free_port()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from KidneyTumorSegLib.mrml.volumes import image_data_array
 from KidneyTumorSegLib.review.access import Access, is_loopback, plan_access
 from KidneyTumorSegLib.review.cases import read_cases, review_order
 from KidneyTumorSegLib.review.decisions import (DecisionFileError, decision_path, read_decision, read_decisions,
@@ -18,7 +19,7 @@ from KidneyTumorSegLib.review.decisions import (DecisionFileError, decision_path
 from KidneyTumorSegLib.review.loading import Prefetcher, load_case
 from KidneyTumorSegLib.review.slicer_command import slicer_code, slicer_command
 from cli_helpers import run
-from review_folders import labels, make_batch_folder
+from review_folders import AFFINE, labels, make_batch_folder
 
 FLAGS = {"case_a": (False, 0.05), "case_b": (True, 0.30), "case_c": (None, None), "case_d": (True, 0.60),
          "case_e": (False, 0.09)}
@@ -62,6 +63,8 @@ def test_loading_reads_volumes_and_dice_against_the_truth(folder: Path) -> None:
     case = read_cases(folder)[0]
     volumes = load_case(case)
     assert np.array_equal(volumes.labels.array, labels()) and volumes.ct is not None
+    assert np.array_equal(image_data_array(volumes.labels.image_data), labels())  # what the label node will show
+    assert np.array_equal(volumes.labels.affine, AFFINE)
     assert volumes.dice == {"kidney_dice": 1.0, "tumor_dice": 1.0}
     assert float(volumes.uncertainty.array.max()) == pytest.approx(0.9)
     prefetcher = Prefetcher(keep=2)

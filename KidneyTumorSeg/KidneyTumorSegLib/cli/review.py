@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
 
 from ..review.access import is_loopback, plan_access
@@ -64,7 +65,7 @@ def run_review(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     os.environ["TRAME_ARGS"] = "--server"  # trame reads no other arguments: ours are parsed above; never open a browser
     app = ReviewApp(folder, cases, access)
-    shown = "127.0.0.1" if is_loopback(access.host) else access.host
-    print(f"kidneytumorseg review: {len(cases)} cases of {folder}: open {access.url(shown)}", flush=True)
+    shown = "127.0.0.1" if is_loopback(access.host) else socket.gethostname() if access.host in ("0.0.0.0", "::") else access.host
+    print(f"kidneytumorseg review: {len(cases)} cases of {folder}: open {access.url(shown)}", flush=True)  # the token's only showing
     app.server.start(host=access.host, port=access.port, open_browser=False, show_connection_info=False)
     return 0

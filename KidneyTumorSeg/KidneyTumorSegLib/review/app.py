@@ -63,6 +63,7 @@ class ReviewApp(TrameApp):
         self.layout_manager.set_layout(LAYOUT_ID)
         self.nodes = self._create_nodes()
         self.current: int | None = None
+        self.shown: CaseVolumes | None = None  # the volume nodes show these arrays: they must live while shown
         self._init_state()
         self._build_ui()
         if access.token is not None:
@@ -102,8 +103,9 @@ class ReviewApp(TrameApp):
         if volumes.uncertainty is not None:
             self.nodes["uncertainty"] = show_uncertainty(self.nodes["uncertainty"], volumes.uncertainty, self.slicer_app.scene,
                                                          "Uncertainty", ct, visible=self.state.show_uncertainty)
-        else:
+        elif self.nodes["uncertainty"] is not None:
             set_overlay(self.nodes["uncertainty"], False)
+            self.nodes["uncertainty"].SetAndObserveImageData(None)
         self.nodes["crop"] = show_roi(self.nodes["crop"], case.crop, self.slicer_app.scene, "Crop", CROP_SHOWN)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.fit_view_to_content()
@@ -126,7 +128,7 @@ class ReviewApp(TrameApp):
         except Exception as error:  # an unreadable case is reported on the page; the others stay reviewable
             self.state.message = f"{case.name}: cannot show it ({str(error).splitlines()[0]})"
             return
-        self.current = index
+        self.current, self.shown = index, volumes
         if volumes.dice is not None:
             self.dice[case.name] = volumes.dice
         self._show_volumes(volumes, case)
@@ -243,7 +245,10 @@ class ReviewApp(TrameApp):
                 v3.VBtn("reject (r)", click=(self.decide, "['rejected']"), id="reject", color="error", size="small", classes="mr-4")
                 v3.VTextField(v_model=("note",), label="note", density="compact", hide_details=True, id="note",
                               style="min-width: 200px")
-            html.Div("{{ message }}", id="message", classes="my-1 text-body-2")
+            with html.Div(classes="d-flex my-1 text-body-2"):
+                html.Span("{{ message }}", id="message", classes="flex-grow-1")
+                html.Span("read and shown in {{ shown_seconds }} s", v_if="shown_seconds !== null", id="shown-seconds",
+                          classes="text-caption")
             with html.Div(style="flex: 1 1 auto; min-height: 300px; position: relative", id="views"):
                 self.layout_manager.initialize_layout_grid(self.ui)
             with html.Div(classes="d-flex flex-wrap mt-2"):

@@ -1,7 +1,8 @@
 """Reading a case's volumes off the page's thread, and the next case's before it is asked for.
 
 Reading a 600 x 512 x 512 CT from ``.nii.gz`` takes longer than showing it, so the page reads
-the case after the one shown in the background: moving on then costs only the display.
+the case after the one shown in the background, straight into VTK's layout: moving on then
+costs only the display.
 """
 from __future__ import annotations
 
@@ -13,32 +14,38 @@ import numpy as np
 
 from ..imageio import Image, read_image
 from ..metrics import kits_dice
+from ..mrml.volumes import VolumeData
 from .cases import ReviewCase
 
 
 @dataclass(frozen=True)
 class CaseVolumes:
-    """A case's images, each ``[i, j, k]`` with its voxel -> RAS affine: the CT (None when it
-    cannot be found), the label map (uint8 0/1/2), the uncertainty (float32 in [0, 1], None
-    without one) and the KiTS19 Dice against the truth (None without one)."""
+    """A case's images ready for volume nodes (``[i, j, k]`` arrays in ``.array``): the CT (None
+    when it cannot be found), the label map (uint8 0/1/2), the uncertainty (float32 in [0, 1],
+    None without one), and the KiTS19 Dice against the truth (None without one)."""
 
-    ct: Image | None
-    labels: Image
-    uncertainty: Image | None
+    ct: VolumeData | None
+    labels: VolumeData
+    uncertainty: VolumeData | None
     dice: dict[str, float] | None
 
 
 def load_case(case: ReviewCase) -> CaseVolumes:
-    """Read ``case``'s volumes (and its Dice when a truth of the same grid exists)."""
-    labels = read_image(case.labels, dtype=np.uint8)
-    ct = read_image(case.image) if case.image is not None else None
-    uncertainty = read_image(case.uncertainty, dtype=np.float32) if case.uncertainty is not None else None
+    """Read ``case``'s volumes, its files side by side (and its Dice when a truth of the same grid exists)."""
+    files = {"labels": (case.labels, np.uint8), "ct": (case.image, None), "uncertainty": (case.uncertainty, np.float32),
+             "truth": (case.truth, np.uint8)}
+    with ThreadPoolExecutor(max_workers=len(files), thread_name_prefix="review-read") as pool:
+        reads = {name: pool.submit(read_image, path, dtype) for name, (path, dtype) in files.items() if path is not None}
+        images = {name: read.result() for name, read in reads.items()}
+    labels, truth = images["labels"], images.get("truth")
     dice = None
-    if case.truth is not None:
-        truth = read_image(case.truth, dtype=np.uint8)
-        if truth.array.shape == labels.array.shape:
-            dice = kits_dice(labels.array, truth.array)
-    return CaseVolumes(ct, labels, uncertainty, dice)
+    if truth is not None and truth.array.shape == labels.array.shape:
+        dice = kits_dice(labels.array, truth.array)
+    return CaseVolumes(_data(images.get("ct")), VolumeData.from_image(labels), _data(images.get("uncertainty")), dice)
+
+
+def _data(image: Image | None) -> VolumeData | None:
+    return None if image is None else VolumeData.from_image(image)
 
 
 class Prefetcher:
