@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,8 +70,10 @@ def test_loading_reads_volumes_and_dice_against_the_truth(folder: Path) -> None:
     assert float(volumes.uncertainty.array.max()) == pytest.approx(0.9)
     prefetcher = Prefetcher(keep=2)
     try:
-        prefetcher.prefetch(case)
+        prefetcher.prefetch(case, delay_s=600)
+        start = time.perf_counter()
         assert np.array_equal(prefetcher.get(case).labels.array, volumes.labels.array)
+        assert time.perf_counter() - start < 60  # asking for a case read ahead ends its wait
     finally:
         prefetcher.close()
 

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 WINDOW_LEVELS = {"abdomen": (400.0, 40.0), "kidney": (300.0, 100.0)}  # (window, level) in HU
 LAYOUT_ID = "review"
+PREFETCH_DELAY_S = 1.5  # the next case is read once this case is drawn (reading it at once slows the drawing)
 CROP_SHOWN = RoiStyle(color=BOX_COLOURS["crop"].rgb, locked=True)  # the review shows the box; Slicer edits it
 KEYS_SCRIPT = """
 window.addEventListener('keydown', (event) => {
@@ -140,7 +141,7 @@ class ReviewApp(TrameApp):
         })
         self._refresh_list()
         if index + 1 < len(self.cases):
-            self.prefetcher.prefetch(self.cases[index + 1])
+            self.prefetcher.prefetch(self.cases[index + 1], delay_s=PREFETCH_DELAY_S)
 
     def decide(self, status: str) -> None:
         """Save ``status`` (with the note typed) for the case shown."""

@@ -6,6 +6,7 @@ costs only the display.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,27 +50,34 @@ def _data(image: Image | None) -> VolumeData | None:
 
 
 class Prefetcher:
-    """Cases read by one background thread, keeping the ``keep`` most recently asked for."""
+    """Cases read by one background thread, keeping the ``keep`` most recently asked for.
+
+    A case read ahead (:meth:`prefetch`) waits ``delay_s`` first, so that it does not take the CPU
+    from showing the case just opened; asking for it (:meth:`get`) ends the wait.
+    """
 
     def __init__(self, keep: int = 3):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-prefetch")
-        self._futures: OrderedDict[str, Future[CaseVolumes]] = OrderedDict()
+        self._futures: OrderedDict[str, tuple[Future[CaseVolumes], threading.Event]] = OrderedDict()
         self._keep = keep
 
-    def prefetch(self, case: ReviewCase) -> None:
-        """Start reading ``case`` unless it is read or being read."""
+    def prefetch(self, case: ReviewCase, delay_s: float = 0.0) -> None:
+        """Start reading ``case`` (after ``delay_s``) unless it is read or being read."""
         if case.name in self._futures:
             self._futures.move_to_end(case.name)
         else:
-            self._futures[case.name] = self._pool.submit(load_case, case)
+            hurry = threading.Event()
+            self._futures[case.name] = (self._pool.submit(_load_after, case, hurry, delay_s), hurry)
         while len(self._futures) > self._keep:
-            self._futures.popitem(last=False)[1].cancel()
+            future, _ = self._futures.popitem(last=False)[1]
+            future.cancel()
 
     def get(self, case: ReviewCase) -> CaseVolumes:
         """``case``'s volumes, waiting for them when they are still being read; a failed read
         raises its error (and is tried again next time)."""
         self.prefetch(case)
-        future = self._futures[case.name]
+        future, hurry = self._futures[case.name]
+        hurry.set()
         try:
             return future.result()
         except Exception:
@@ -77,4 +85,11 @@ class Prefetcher:
             raise
 
     def close(self) -> None:
+        for _, hurry in self._futures.values():
+            hurry.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_after(case: ReviewCase, hurry: threading.Event, delay_s: float) -> CaseVolumes:
+    hurry.wait(delay_s)
+    return load_case(case)
