@@ -6,7 +6,8 @@ uncertainty map, report; the slices first, as ``600,512,512``) into a temporary 
 the review server on it and drives the page in headless Chromium (the system's chromium and
 chromedriver, through selenium). For each move it records the seconds from the click or key to
 the three views showing the new case in the browser, and the server's own seconds to read and
-show it ("read and shown in" on the page).
+show it ("read and shown in" on the page): moving to the next case (read ahead while the one
+before was shown) through every case, then opening three cases the page no longer keeps.
 
     python benchmarks/review_benchmark.py --shape 600,512,512 --out benchmarks/results/cpu_review_600x512x512.json
 """
@@ -132,11 +133,16 @@ def timed_move(page, action, case: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="600,512,512", help="z,y,x voxels of each case (default 600,512,512)")
-    parser.add_argument("--cases", type=int, default=4, help="how many cases (default 4)")
+    parser.add_argument("--cases", type=int, default=6, help="how many cases, at least 5 (default 6)")
+    parser.add_argument("--settle", type=float, default=12.0,
+                        help="seconds to look at each case, in which the next one is read ahead (default 12)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    if args.cases < 5:
+        parser.error("--cases must be at least 5 (the page keeps 3 cases read)")
     shape = tuple(int(n) for n in args.shape.split(","))
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     with tempfile.TemporaryDirectory() as temporary:
         begin = time.perf_counter()
@@ -148,18 +154,19 @@ def main(argv: list[str] | None = None) -> int:
             page = open_browser(f"http://127.0.0.1:{port}/index.html")
             try:
                 rows = lambda: page.find_elements(By.CSS_SELECTOR, "#case-list tbody tr")  # noqa: E731
-                from selenium.webdriver.support.ui import WebDriverWait
-
                 WebDriverWait(page, 120).until(lambda _: len(rows()) == args.cases)
                 names = [row.get_attribute("data-case") for row in rows()]
-                time.sleep(15)  # let the background read of the second case finish, as while a reviewer looks
-                last = names[-1]
-                first_view = timed_move(page, lambda: page.find_element(By.CSS_SELECTOR, f'tr[data-case="{last}"]').click(), last)
-                time.sleep(2)
-                back = timed_move(page, lambda: page.find_element(By.CSS_SELECTOR, f'tr[data-case="{names[0]}"]').click(), names[0])
-                time.sleep(15)
                 body = page.find_element(By.TAG_NAME, "body")
-                next_move = timed_move(page, lambda: body.send_keys("n"), names[1])
+                time.sleep(args.settle)
+                moves = []
+                for name in names[1:]:  # each read ahead while the one before was shown
+                    moves.append(timed_move(page, lambda: body.send_keys("n"), name))
+                    time.sleep(args.settle)
+                cold = []
+                for name in (names[0], names[3], names[0]):  # none of these is among the 3 cases kept
+                    cold.append(timed_move(page, lambda: page.find_element(By.CSS_SELECTOR, f'tr[data-case="{name}"]').click(),
+                                           name))
+                    time.sleep(args.settle)
             finally:
                 page.quit()
         finally:
@@ -167,11 +174,19 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(timeout=30)
     emit_json({
         "benchmark": "review", "shape_zyx": list(shape), "cases": args.cases, "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "python": platform.python_version(), "seconds_writing_cases": round(written, 1),
-        "seconds_server_start_with_first_case": round(start_seconds, 3),
-        "first_view_not_prefetched": first_view, "back_to_a_case_read_before": back, "next_case_prefetched": next_move,
+        "load_average_1min": round(os.getloadavg()[0], 2), "machine": platform.machine(), "python": platform.python_version(),
+        "seconds_writing_cases": round(written, 1), "seconds_server_start_with_first_case": round(start_seconds, 3),
+        "first_view_not_read_ahead": {"median_seconds_in_browser": _median(cold, "seconds_in_browser"),
+                                      "median_seconds_server": _median(cold, "seconds_server"), "moves": cold},
+        "next_case_read_ahead": {"median_seconds_in_browser": _median(moves, "seconds_in_browser"),
+                                 "median_seconds_server": _median(moves, "seconds_server"), "moves": moves},
     }, args.out)
     return 0
+
+
+def _median(moves: list[dict], key: str) -> float | None:
+    values = [move[key] for move in moves if move[key] is not None]
+    return round(float(np.median(values)), 3) if values else None
 
 
 if __name__ == "__main__":

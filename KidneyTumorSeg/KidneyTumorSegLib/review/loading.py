@@ -50,14 +50,15 @@ def _data(image: Image | None) -> VolumeData | None:
 
 
 class Prefetcher:
-    """Cases read by one background thread, keeping the ``keep`` most recently asked for.
+    """Cases read by background threads, keeping the ``keep`` most recently asked for.
 
     A case read ahead (:meth:`prefetch`) waits ``delay_s`` first, so that it does not take the CPU
-    from showing the case just opened; asking for it (:meth:`get`) ends the wait.
+    from showing the case just opened; asking for it (:meth:`get`) ends the wait. Two threads, so
+    that a case asked for is never queued behind one read ahead.
     """
 
     def __init__(self, keep: int = 3):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-prefetch")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="review-prefetch")
         self._futures: OrderedDict[str, tuple[Future[CaseVolumes], threading.Event]] = OrderedDict()
         self._keep = keep
 
