@@ -25,7 +25,7 @@ changed. Restarting resumes at the first case without a decision.
 
 The page listens on 127.0.0.1 (this machine only) unless --host; any other host requires the
 random token of the address printed at start-up. Over SSH: ssh -L 8080:127.0.0.1:8080 server,
-then open http://127.0.0.1:8080/ on your own machine. Needs the 'review' extra
+then open http://127.0.0.1:8080/index.html on your own machine. Needs the 'review' extra
 (pip install 'kidneytumorseg[review]')."""
 
 

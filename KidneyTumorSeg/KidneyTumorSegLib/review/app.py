@@ -40,8 +40,7 @@ CROP_SHOWN = RoiStyle(color=BOX_COLOURS["crop"].rgb, locked=True)  # the review 
 KEYS_SCRIPT = """
 window.addEventListener('keydown', (event) => {
   if (['INPUT', 'TEXTAREA', 'SELECT'].includes(event.target.tagName) || event.ctrlKey || event.metaKey || event.altKey) return;
-  const action = {n: 'next', j: 'next', ArrowDown: 'next', p: 'previous', k: 'previous', ArrowUp: 'previous',
-                  a: 'accepted', c: 'needs correction', r: 'rejected', u: 'uncertainty'}[event.key];
+  const action = {n: 'next', p: 'previous', a: 'accepted', c: 'needs correction', r: 'rejected', u: 'uncertainty'}[event.key];
   if (action) { event.preventDefault(); window.trame.trigger('review_key', [action]); }
 });
 """
