@@ -137,7 +137,7 @@ def page(served):
         driver.quit()
 
 
-def _wait(driver, condition, seconds: float = 60.0):
+def _wait(driver, condition, seconds: float = 180.0):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, seconds, poll_frequency=0.2).until(lambda _: condition())
@@ -214,6 +214,7 @@ def test_the_uncertainty_overlay_toggles(page) -> None:
     page.execute_script("arguments[0].click()", page.find_element(By.ID, "uncertainty-toggle"))  # the switch's input
     # the uncertain block (a third of the slice) is now drawn over the CT
     _wait(page, lambda: _changed(before, _view_pixels(page)) > 0.05)
+    page.execute_script("document.activeElement.blur()")
     page.find_element(By.TAG_NAME, "body").send_keys("u")  # the key toggles it back
     _wait(page, lambda: _changed(before, _view_pixels(page)) < 0.01)
 
@@ -243,7 +244,7 @@ def test_decisions_are_saved_and_the_later_one_wins(page, served) -> None:
     _wait(page, lambda: (folder / "case_b.review.json").exists())
     saved = json.loads((folder / "case_b.review.json").read_text())
     assert saved["status"] == "accepted" and saved["note"] == "left kidney fine"
-    page.find_element(By.TAG_NAME, "body").click()
+    page.execute_script("document.activeElement.blur()")
     page.find_element(By.TAG_NAME, "body").send_keys("r")  # reject by key: replaces the decision
     _wait(page, lambda: json.loads((folder / "case_b.review.json").read_text())["status"] == "rejected")
     assert "replaced the decision 'accepted'" in _wait(page, lambda: _text(page, "message") or None)

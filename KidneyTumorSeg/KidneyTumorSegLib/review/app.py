@@ -41,7 +41,7 @@ KEYS_SCRIPT = """
 window.addEventListener('keydown', (event) => {
   if (['INPUT', 'TEXTAREA', 'SELECT'].includes(event.target.tagName) || event.ctrlKey || event.metaKey || event.altKey) return;
   const action = {n: 'next', p: 'previous', a: 'accepted', c: 'needs correction', r: 'rejected', u: 'uncertainty'}[event.key];
-  if (action) { event.preventDefault(); window.trame.trigger('review_key', [action]); }
+  if (action) { event.preventDefault(); window.trame.trigger('review_key', [action, window.trame.state.get('note')]); }
 });
 """
 
@@ -142,13 +142,14 @@ class ReviewApp(TrameApp):
         if index + 1 < len(self.cases):
             self.prefetcher.prefetch(self.cases[index + 1], delay_s=PREFETCH_DELAY_S)
 
-    def decide(self, status: str) -> None:
-        """Save ``status`` (with the note typed) for the case shown."""
+    def decide(self, status: str, note: str | None = None) -> None:
+        """Save ``status`` with ``note`` (the note as the page held it when the button or key was
+        pressed: its last keystrokes may not have reached the server yet) for the case shown."""
         if self.current is None:
             return
         case = self.cases[self.current]
         try:
-            saved = save_decision(self.folder, case.name, status, self.state.note or "")
+            saved = save_decision(self.folder, case.name, status, note if note is not None else self.state.note or "")
         except (DecisionFileError, OSError) as error:
             self.state.message = f"not saved: {str(error).splitlines()[0]}"
             return
@@ -164,7 +165,7 @@ class ReviewApp(TrameApp):
 
     # -- page events -------------------------------------------------------------------------
     @trigger("review_key")
-    def on_key(self, action: str) -> None:
+    def on_key(self, action: str, note: str | None = None) -> None:
         if action == "next" and self.current is not None:
             self.open_case(self.current + 1)
         elif action == "previous" and self.current is not None:
@@ -172,7 +173,7 @@ class ReviewApp(TrameApp):
         elif action == "uncertainty":
             self.state.show_uncertainty = not self.state.show_uncertainty
         elif action in STATUSES:
-            self.decide(action)
+            self.decide(action, note)
 
     @change("show_uncertainty")
     def on_uncertainty(self, show_uncertainty: bool, **_: Any) -> None:
@@ -239,10 +240,10 @@ class ReviewApp(TrameApp):
                 html.Span("status: {{ status }}", id="case-status", classes="mr-4")
                 v3.VBtn("previous (p)", click=(self.on_key, "['previous']"), id="previous", size="small", classes="mr-1")
                 v3.VBtn("next (n)", click=(self.on_key, "['next']"), id="next", size="small", classes="mr-4")
-                v3.VBtn("accept (a)", click=(self.decide, "['accepted']"), id="accept", color="success", size="small", classes="mr-1")
-                v3.VBtn("needs correction (c)", click=(self.decide, "['needs correction']"), id="correct", color="warning",
+                v3.VBtn("accept (a)", click=(self.decide, "['accepted', note]"), id="accept", color="success", size="small", classes="mr-1")
+                v3.VBtn("needs correction (c)", click=(self.decide, "['needs correction', note]"), id="correct", color="warning",
                         size="small", classes="mr-1")
-                v3.VBtn("reject (r)", click=(self.decide, "['rejected']"), id="reject", color="error", size="small", classes="mr-4")
+                v3.VBtn("reject (r)", click=(self.decide, "['rejected', note]"), id="reject", color="error", size="small", classes="mr-4")
                 v3.VTextField(v_model=("note",), label="note", density="compact", hide_details=True, id="note",
                               style="min-width: 200px")
             with html.Div(classes="d-flex my-1 text-body-2"):
