@@ -385,3 +385,22 @@ def test_triaged_puts_the_most_doubtful_first_and_unscored_rows_last() -> None:
     rows = [{"case": "x", "status": "failed"}, {"case": "y", "review_score": 0.1}, {"case": "s", "status": "ok"},
             {"case": "z", "review_score": 0.7}, {"case": "w", "review_score": 0.0}]
     assert [r["case"] for r in triaged(rows)] == ["z", "y", "w", "x", "s"]
+
+
+def test_batch_writes_uncertainty_maps_that_review_lists(files, tmp_path: Path, capsys) -> None:
+    from KidneyTumorSegLib.review.cases import read_cases
+
+    cases = case_folder(tmp_path / "cases", files, ("b", "c"))
+    results = tmp_path / "results"
+    code, _, _ = run(capsys, "batch", cases, results, "--uncertainty", *model_args(files))
+    assert code == 0
+    assert sorted(p.name for p in results.iterdir()) == ["b.json", "b.nii.gz", "b.uncertainty.nii.gz", "c.json", "c.nii.gz",
+                                                         "c.uncertainty.nii.gz", "summary.csv"]
+    doubt = nib.load(results / "b.uncertainty.nii.gz")
+    assert doubt.shape == nib.load(results / "b.nii.gz").shape and doubt.get_data_dtype() == np.float32
+    assert 0.0 <= float(np.min(doubt.dataobj)) and float(np.max(doubt.dataobj)) <= 1.0
+    assert list(summary(results / "summary.csv")) == ["b", "c"]  # the maps are no cases
+    listed = read_cases(results)
+    assert sorted(case.name for case in listed) == ["b", "c"]
+    assert all(case.uncertainty == results / f"{case.name}.uncertainty.nii.gz" for case in listed)
+    assert all(case.image == cases / f"{case.name}.nii.gz" for case in listed)

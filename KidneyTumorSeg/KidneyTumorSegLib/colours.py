@@ -1,8 +1,11 @@
 """One colour for each of stage 1's boxes and for its landmarks, wherever they are drawn: the QA
-picture, the Slicer ROIs and point list, the panel's labels and the README."""
+picture, the Slicer ROIs and point list, the panel's labels and the README; and the colours of
+the kidney and tumor segments in Slicer and on the review page."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .settings import LABEL_KIDNEY, LABEL_TUMOR
 
 
 @dataclass(frozen=True)
@@ -28,3 +31,8 @@ BOX_COLOURS = {
     "crop": _from_hex("green", "#2ec46d"),  # what stage 2 sees; editable in Slicer
 }
 LANDMARK_COLOUR = _from_hex("pink", "#ff3cac")
+# Slicer's recommended kidney colour and its lesion (mass / tumor) colour.
+LABEL_COLOURS = {
+    LABEL_KIDNEY: _from_hex("kidney", "#b96653"),
+    LABEL_TUMOR: _from_hex("tumor", "#90ee90"),
+}

@@ -32,7 +32,7 @@ Segment every CT of a folder (image files, or KiTS19 case folders holding imagin
 
 Per case: <case>.nii.gz (labels on the input's grid: {LABEL_MEANING}),
 <case>.json (the report of `segment --report`) and with --uncertainty <case>.uncertainty.nii.gz
-(where the models disagree); a case that fails leaves <case>.failed.json (its error) and the
+(where the models disagree; `review` shows it as an overlay); a case that fails leaves <case>.failed.json (its error) and the
 batch goes on. No existing output is replaced without --overwrite: a folder that already holds
 results of these cases is refused unless --resume (run only the others) or --overwrite (run all).
 
@@ -69,9 +69,9 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
                              "case); with --device auto under torchrun each process takes GPU cuda:LOCAL_RANK")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write <case>.uncertainty.nii.gz per case, where the ensemble disagrees (as segment "
-                             "--uncertainty: uint8 round(255 x u) over the input voxels near the crop, its own affine; cases done "
-                             "before are not redone "
-                             "under --resume) (default: none)")
+                             "--uncertainty: uint8 round(255 x u) over the input voxels near the crop, its own affine; "
+                             "`review` shows it as an overlay; cases done before are not redone under --resume) "
+                             "(default: none)")
     add_triage_option(parser)
     add_model_options(parser)
     parser.set_defaults(handler=run_batch)
@@ -149,8 +149,9 @@ def run_case(cascade: Cascade, bundle: ModelBundle, case: str, image_path: Path,
             logger.warning("%s: no kidney found (%s)", case, report["stage1_decision"])
         for warning in report["warnings"]:
             logger.warning("%s: %s", case, warning)
+        doubt = uncertainty_path(out, case) if args.uncertainty and result.uncertainty is not None else None
         write_outputs(result, prepared, label_path(out, case), args.overwrite, report, report_path(out, case),
-                      uncertainty=uncertainty_path(out, case) if args.uncertainty else None)
+                      uncertainty=doubt)
     except Exception as error:  # a failing case is recorded and the batch goes on
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         logger.error("%s: failed: %s", case, message)

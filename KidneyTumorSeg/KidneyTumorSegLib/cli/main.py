@@ -1,4 +1,4 @@
-"""Entry point of `kidneytumorseg`: segment, locate, batch, summarize, evaluate, demo.
+"""Entry point of `kidneytumorseg`: segment, locate, batch, summarize, evaluate, review, demo.
 
 Every failure a user can cause ends with one line on stderr and a non-zero exit code;
 ``--debug`` shows the traceback.
@@ -14,6 +14,7 @@ from .batch import add_batch_parser
 from .demo import add_demo_parser
 from .evaluate import add_evaluate_parser
 from .exits import EXIT_FAILURE, EXIT_INTERRUPTED
+from .review import add_review_parser
 from .segment import LABEL_MEANING, add_locate_parser, add_segment_parser
 from .summary import add_summarize_parser
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(commands)
     add_summarize_parser(commands)
     add_evaluate_parser(commands)
+    add_review_parser(commands)
     add_demo_parser(commands)
     return parser
 

@@ -21,6 +21,7 @@ import numpy as np
 import slicer
 import vtk
 
+from ..colours import LABEL_COLOURS
 from ..settings import LABEL_KIDNEY, LABEL_TUMOR
 from .volumes import array_to_matrix, image_data_from_array, matrix_to_array, volume_array
 
@@ -44,14 +45,14 @@ KIDNEY = SegmentSpec(
     "Segmentation category and type - 3D Slicer General Anatomy list"
     "~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~^^"
     f"~{_ANATOMIC_CONTEXT}~^^~^^",
-    (185 / 255, 102 / 255, 83 / 255),  # Slicer's recommended kidney colour
+    LABEL_COLOURS[LABEL_KIDNEY].rgb,
 )
 TUMOR = SegmentSpec(
     "Tumor", LABEL_TUMOR,
     "Segmentation category and type - DICOM master list"
     "~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
     f"~{_ANATOMIC_CONTEXT}~SCT^64033007^Kidney~^^",
-    (144 / 255, 238 / 255, 144 / 255),  # Slicer's lesion (mass / tumor) colour
+    LABEL_COLOURS[LABEL_TUMOR].rgb,
 )
 SEGMENTS = (KIDNEY, TUMOR)
 REVIEW_SEGMENT = "Review"  # where the ensemble disagrees: not anatomy, so no terminology; hidden until asked for

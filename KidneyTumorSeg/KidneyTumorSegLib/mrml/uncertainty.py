@@ -7,7 +7,7 @@ from typing import Any
 import slicer
 
 from ..imageio import Image
-from .volumes import set_volume_image
+from .volumes import VolumeData, set_volume_image
 
 VOLUME_NODE = "vtkMRMLScalarVolumeNode"
 SLICE_COMPOSITE_NODE = "vtkMRMLSliceCompositeNode"
@@ -18,7 +18,7 @@ TRANSPARENT_BELOW = 0.05  # uncertainty under this is not drawn: the CT shows wh
 LEGEND_TITLE = "Uncertainty"
 
 
-def show_uncertainty(node: Any | None, image: Image, scene: Any, name: str, ct: Any, visible: bool = True) -> Any:
+def show_uncertainty(node: Any | None, image: Image | VolumeData, scene: Any, name: str, ct: Any, visible: bool = True) -> Any:
     """``node`` (a new scalar volume when None) holding ``image`` (float32 ``[i, j, k]`` in [0, 1])
     styled as an overlay, and shown over ``ct`` in every slice view when ``visible``; returns the node."""
     if node is None:

@@ -7,6 +7,7 @@ transpose of the ``[i, j, k]`` array.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ def volume_array(node: Any) -> np.ndarray:
         raise ValueError(f"volume '{node.GetName()}' has no voxels")
     if image_data.GetNumberOfScalarComponents() != 1:
         raise ValueError(f"volume '{node.GetName()}' has {image_data.GetNumberOfScalarComponents()} components; a CT has one")
+    return image_data_array(image_data)
+
+
+def image_data_array(image_data: Any) -> np.ndarray:
+    """The voxels of a one-component ``vtkImageData`` as an ``[i, j, k]`` view (no copy)."""
     i, j, k = image_data.GetDimensions()
     flat = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
     return flat.reshape(k, j, i).transpose(2, 1, 0)
@@ -79,6 +85,29 @@ def image_data_from_array(array: np.ndarray) -> Any:
     return image_data
 
 
+@dataclass(frozen=True)
+class VolumeData:
+    """Voxels ready for a volume node: a ``vtkImageData`` (origin 0, spacing 1) sharing the memory
+    of ``array`` (``[i, j, k]``, kept here so that it lives as long as the image data) and the
+    voxel -> RAS ``affine``. Building it off the display thread leaves the node only a pointer to swap."""
+
+    image_data: Any
+    array: np.ndarray
+    affine: np.ndarray
+
+    @classmethod
+    def from_image(cls, image: Image) -> VolumeData:
+        """Without a copy when ``image.array`` is Fortran-ordered (as nibabel reads NIfTI)."""
+        array = np.asarray(image.array)
+        if array.ndim != 3:
+            raise ValueError(f"expected a 3D array [i, j, k], got shape {array.shape}")
+        flat = array.ravel(order="F")
+        image_data = vtk.vtkImageData()
+        image_data.SetDimensions(*(int(n) for n in array.shape))
+        image_data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=False))
+        return cls(image_data, flat.reshape(array.shape, order="F"), np.asarray(image.affine, dtype=np.float64))
+
+
 def add_volume(scene: Any, image: Image, name: str, class_name: str = "vtkMRMLScalarVolumeNode") -> Any:
     """A new volume node (scalar or label map) in ``scene`` with a copy of ``image``."""
     node = scene.AddNewNodeByClass(class_name, name)
@@ -86,9 +115,13 @@ def add_volume(scene: Any, image: Image, name: str, class_name: str = "vtkMRMLSc
     return node
 
 
-def set_volume_image(node: Any, image: Image) -> None:
-    """Replace the voxels and geometry of a volume node with a copy of ``image``."""
-    node.SetAndObserveImageData(image_data_from_array(image.array))
+def set_volume_image(node: Any, image: Image | VolumeData) -> None:
+    """Replace the voxels and geometry of a volume node with a copy of ``image``, or with the
+    voxels of ``image`` itself when it is :class:`VolumeData`."""
+    if isinstance(image, VolumeData):
+        node.SetAndObserveImageData(image.image_data)
+    else:
+        node.SetAndObserveImageData(image_data_from_array(image.array))
     node.SetIJKToRASMatrix(array_to_matrix(image.affine))
 
 
