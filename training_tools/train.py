@@ -218,6 +218,8 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
             counted, interval_start = 0, time.perf_counter()
         if state.iteration % config.val_interval == 0 or last:
             _validate(config, options, context, network, amp_dtype, val_cases, held_out, state, log)
+            if budget is not None:
+                budget.restart(state)  # the speed of training, not of validation, sets the iterations
         stopping = bool(options.stop_after) and state.iteration - start >= options.stop_after
         if state.iteration % config.checkpoint_interval == 0 or last or stopping:
             _checkpoint(config, options, context, network, optimizer, scaler, state)
@@ -285,6 +287,11 @@ class TimeBudget:
         self.seconds, self.ceiling, self.context = seconds, ceiling, context
         self.first = first_iteration
         self.mark: tuple[int, float] | None = None
+
+    def restart(self, state: RunState) -> None:
+        """Measure the speed from here on (after a validation, whose time is not training's)."""
+        if self.mark is not None:
+            self.mark = (state.iteration, time.perf_counter())
 
     def step(self, state: RunState) -> None:
         """Call after every iteration; may change ``state.total``."""
