@@ -371,8 +371,9 @@ def test_the_summary_holds_each_review_and_triage_puts_the_most_doubtful_first(f
     assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
     for row in rows[:-1]:
         report = json.loads((results / f"{row['case']}.json").read_text(encoding="utf-8"))
-        assert float(row["review_score"]) == report["uncertainty"]["score"]
-        assert row["review"] == ("yes" if report["review"] else "no")
+        assert float(row["review_score"]) == report["review_flag"]["score"]  # the flag's score: >= 1 when flagged
+        assert row["review"] == ("yes" if report["review"] else "no") and (float(row["review_score"]) >= 1) == report["review"]
+        assert row["review_because"] == "; ".join(report["review_flag"]["tripped"])
         assert float(row["disputed_ml"]) == report["uncertainty"]["disputed_ml"]
     assert run(capsys, "summarize", results)[0] == EXIT_CASES_FAILED  # by case name: the same rows reordered
     assert list(summary(results / "summary.csv")) == ["a", "b", "c", "d"]
