@@ -123,12 +123,13 @@ def benchmark(out_json: Path, mask: Path, slices: int, untrained: str, modes: st
 
 def build_cache(masks: list[Path], cache: Path, workers: int) -> list[str]:
     """The command that caches a training phantom of each mask (training_tools.demo_bundle.cache_phantom),
-    drawn by the phantom generator's default style (the newest)."""
+    drawn by the phantom generator's default style (the newest), the default share of them healthy."""
     code = ("import sys; from pathlib import Path; from training_tools.cache import run_parallel; "
-            "from training_tools.demo_bundle import cache_phantom; from training_tools.phantom_style import DEFAULT_STYLE; "
+            "from training_tools.demo_bundle import cache_phantom; "
+            "from training_tools.phantom_style import DEFAULT_STYLE, HEALTHY_SHARE; "
             "masks, cache, workers = [Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), int(sys.argv[2]); "
             "cache.mkdir(parents=True, exist_ok=True); "
-            "errors = [e for _, e in run_parallel(cache_phantom, [(m, cache, 0, DEFAULT_STYLE, 0) for m in masks], workers, 'phantoms', False) if e]; "
+            "errors = [e for _, e in run_parallel(cache_phantom, [(m, cache, 0, DEFAULT_STYLE, 0, HEALTHY_SHARE) for m in masks], workers, 'phantoms', False) if e]; "
             "print(errors); sys.exit(1 if len(errors) == len(masks) else 0)")
     return [sys.executable, "-c", code, str(cache), str(workers), *map(str, masks)]
 
