@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from KidneyTumorSegLib.uncertainty import uncertainty_to_bytes
 from KidneyTumorSegLib.imageio import write_image, write_label_map
 
 SHAPE = (48, 40, 12)  # [i, j, k]
@@ -54,6 +55,6 @@ def make_batch_folder(root: Path, flags: dict[str, tuple[bool | None, float | No
         write_image(folder / "imaging.nii.gz", ct, AFFINE)
         write_label_map(folder / "segmentation.nii.gz", labels(), AFFINE)
         write_label_map(out / f"{case}.nii.gz", labels(), AFFINE)
-        write_image(out / f"{case}.uncertainty.nii.gz", uncertainty, AFFINE)
+        write_image(out / f"{case}.uncertainty.nii.gz", uncertainty_to_bytes(uncertainty), AFFINE)  # as the CLI stores it
         (out / f"{case}.json").write_text(json.dumps(report(case, folder / "imaging.nii.gz", flagged, score)), encoding="utf-8")
     return out
