@@ -200,7 +200,7 @@ def is_healthy_phantom(seed: int, name: str, share: float) -> bool:
     its own stream (apart from the phantom's), true for a ``share`` of the phantoms."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"healthy share must lie in [0, 1], got {share}")
-    return bool(np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8")), HEALTHY_STREAM]).random() < share)
+    return bool(np.random.default_rng([*case_seed(seed, name).entropy, HEALTHY_STREAM]).random() < share)
 
 
 def find_masks(folder: str | Path) -> list[Path]:
