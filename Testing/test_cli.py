@@ -330,6 +330,9 @@ def test_evaluate_two_files(tmp_path: Path, capsys) -> None:
     assert data["mean_dice"] == pytest.approx((expected["kidney_dice"] + expected["tumor_dice"]) / 2)
     assert len(data["cases"]) == 1 and data["cases"][0]["case"] == "pred.nii.gz"
     assert {"kidney_surface_dice", "tumor_hd95_mm"} <= set(data["cases"][0])
+    called, true_tumor = predicted == 2, truth == 2
+    assert data["tumor_precision_pooled"] == pytest.approx((called & true_tumor).sum() / called.sum())
+    assert data["cases"][0]["healthy_called_tumor"] == pytest.approx((called & (truth == 1)).sum() / (truth == 1).sum())
     code, table, _ = run(capsys, "evaluate", tmp_path / "pred.nii.gz", tmp_path / "truth.nii.gz")
     assert code == 0 and table.splitlines()[-1].startswith("mean")
 

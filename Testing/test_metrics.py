@@ -167,14 +167,17 @@ def test_evaluate_case_keys_and_values():
     pred = gt.copy()
     pred[2:4, 5:9, 5:7] = 1  # half the tumor predicted as kidney
     row = metrics.evaluate_case(pred, gt, SPACING)
-    assert all(type(value) is float for value in row.values())  # plain floats, ready for JSON
+    assert all(type(value) in (float, int) for value in row.values())  # plain numbers, ready for JSON
     assert row["kidney_dice"] == 1.0 and row["tumor_dice"] == pytest.approx(2 * 16 / (16 + 32))
     assert row["mean_dice"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert row["kidney_surface_dice"] == 1.0 and row["kidney_hd95_mm"] == 0.0
     assert row["tumor_surface_dice"] == metrics.surface_dice(pred == 2, gt == 2, SPACING, 2.0)
     assert row["tumor_hd95_mm"] == metrics.hausdorff95(pred == 2, gt == 2, SPACING)
+    assert (row["tumor_tp"], row["tumor_fp"], row["tumor_fn"]) == (16, 0, 16)
+    assert row["tumor_precision"] == 1.0 and row["tumor_recall"] == 0.5 and row["healthy_called_tumor"] == 0.0
     assert set(row) == {"kidney_dice", "tumor_dice", "mean_dice", "kidney_surface_dice",
-                        "tumor_surface_dice", "kidney_hd95_mm", "tumor_hd95_mm"}
+                        "tumor_surface_dice", "kidney_hd95_mm", "tumor_hd95_mm", "tumor_tp", "tumor_fp",
+                        "tumor_fn", "tumor_precision", "tumor_recall", "healthy_called_tumor"}
 
 
 def test_evaluate_case_tolerance_from_settings():
@@ -190,11 +193,15 @@ def test_evaluate_case_tolerance_from_settings():
     assert metrics.evaluate_case(a, b, SPACING, tolerance_mm=6.0)["kidney_surface_dice"] == 1.0
 
 
-def test_summarise_means_over_cases():
-    rows = [{"kidney_dice": 0.9, "tumor_dice": 0.5, "mean_dice": 0.7, "tumor_hd95_mm": float("inf")},
-            {"kidney_dice": 1.0, "tumor_dice": 0.7, "mean_dice": 0.85, "tumor_hd95_mm": 3.0}]
+def test_summarise_means_dice_and_pools_tumor_calls_over_cases():
+    rows = [{"kidney_dice": 0.9, "tumor_dice": 0.5, "mean_dice": 0.7, "tumor_hd95_mm": float("inf"),
+             "tumor_tp": 10, "tumor_fp": 90, "tumor_fn": 0, "healthy_called_tumor": 0.3},
+            {"kidney_dice": 1.0, "tumor_dice": 0.7, "mean_dice": 0.85, "tumor_hd95_mm": 3.0,
+             "tumor_tp": 0, "tumor_fp": 0, "tumor_fn": 100, "healthy_called_tumor": math.nan}]
     summary = metrics.summarise(rows)
-    assert summary == pytest.approx({"kidney_dice": 0.95, "tumor_dice": 0.6, "mean_dice": 0.775, "cases": 2})
+    assert summary == pytest.approx({"kidney_dice": 0.95, "tumor_dice": 0.6, "mean_dice": 0.775, "cases": 2,
+                                     "tumor_precision_pooled": 0.1, "tumor_recall_pooled": 10 / 110,
+                                     "median_healthy_called_tumor": 0.3})  # a case without healthy kidney is left out
     with pytest.raises(ValueError):
         metrics.summarise([])
 
@@ -239,3 +246,21 @@ def test_real_surface_metrics_of_a_one_voxel_erosion(real_labels):
         assert 0.95 < metrics.surface_dice(eroded, kidney, SPACING, SPACING[0]) < 1.0, case
         assert metrics.hausdorff95(kidney, kidney, SPACING) == 0.0
 
+
+
+def test_tumor_calls_on_real_masks(real_labels):
+    """The three ways the tumor label is read, on real KiTS19 kidneys: all kidney called tumor, the
+    tumor missed, and the same kidneys with no tumor in the truth."""
+    for labels in real_labels.values():
+        tumor, labelled = int((labels == 2).sum()), int((labels > 0).sum())
+        everything = np.where(labels > 0, 2, 0).astype(np.uint8)
+        calls = metrics.tumor_calls(everything, labels)
+        assert calls["healthy_called_tumor"] == 1.0 and calls["tumor_recall"] == 1.0
+        assert calls["tumor_precision"] == pytest.approx(tumor / labelled)
+        assert (calls["tumor_tp"], calls["tumor_fp"], calls["tumor_fn"]) == (tumor, labelled - tumor, 0)
+        missed = metrics.tumor_calls(np.where(labels > 0, 1, 0).astype(np.uint8), labels)
+        assert math.isnan(missed["tumor_precision"]) and missed["tumor_recall"] == 0.0
+        assert missed["healthy_called_tumor"] == 0.0
+        healthy_truth = np.where(labels > 0, 1, 0).astype(np.uint8)  # the same kidneys without tumor
+        read = metrics.tumor_calls(labels, healthy_truth)
+        assert read["healthy_called_tumor"] == pytest.approx(tumor / labelled) and math.isnan(read["tumor_recall"])

@@ -41,20 +41,26 @@ def test_evaluate_one_scores_the_cascade_output_on_the_input_grid(real_kits_crop
         row = evaluate_one(cascade, case)
         assert row["case_id"] == "case_00000"
         assert row["kidney_dice"] == 1.0 and row["tumor_dice"] == tumor_dice
+        assert row["healthy_called_tumor"] == 0.0 and row["tumor_recall"] == tumor_dice
         assert "review_score" not in row  # a cascade without uncertainty adds no review columns
 
 
 def test_rows_summary_csv_and_box_plot(tmp_path):
     rows = [{"case_id": f"c{i}", "kidney_dice": k, "tumor_dice": t, "mean_dice": (k + t) / 2,
              "kidney_surface_dice": 1.0, "tumor_surface_dice": 0.5, "kidney_hd95_mm": 1.0,
-             "tumor_hd95_mm": float("inf") if i == 0 else 3.0, "seconds": 2.0}
-            for i, (k, t) in enumerate(((0.9, 0.6), (0.95, 0.8)))]
+             "tumor_hd95_mm": float("inf") if i == 0 else 3.0, "seconds": 2.0,
+             "tumor_tp": 30, "tumor_fp": fp, "tumor_fn": 10, "tumor_precision": 30 / (30 + fp), "tumor_recall": 0.75,
+             "healthy_called_tumor": h}
+            for i, (k, t, fp, h) in enumerate(((0.9, 0.6, 10, 0.02), (0.95, 0.8, 50, 0.1)))]
     summary = summarise_rows(rows)
     assert summary["kidney_dice"] == pytest.approx(0.925) and summary["tumor_dice"] == pytest.approx(0.7)
     assert summary["median_tumor_hd95_mm"] == 3.0  # infinite distances are left out of medians
+    assert summary["tumor_precision_pooled"] == pytest.approx(60 / 120)  # voxels pooled, not a mean of 0.75 and 0.375
+    assert summary["median_healthy_called_tumor"] == pytest.approx(0.06)
     write_rows(tmp_path / "per_case.csv", rows)
     with open(tmp_path / "per_case.csv") as handle:
-        assert [r["case_id"] for r in csv.DictReader(handle)] == ["c0", "c1"]
+        read = list(csv.DictReader(handle))
+    assert [r["case_id"] for r in read] == ["c0", "c1"] and [r["tumor_fp"] for r in read] == ["10", "50"]
     assert plot_boxes(rows, tmp_path / "box.png", "t").stat().st_size > 1000
 
 

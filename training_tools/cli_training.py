@@ -148,6 +148,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_cmd_evaluate)
 
 
+def _figure(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from KidneyTumorSegLib.cascade import InferenceOptions
     from training_tools.evaluate import evaluate_bundle
@@ -157,6 +161,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               workers=args.workers)
     logger.info("%d cases: kidney Dice %.4f, tumor Dice %.4f, mean %.4f", summary["cases"], summary["kidney_dice"],
                 summary["tumor_dice"], summary["mean_dice"])
+    logger.info("tumor label: precision %s, recall %s (pooled voxels); healthy kidney called tumor %s (median)",
+                *(_figure(summary[k]) for k in ("tumor_precision_pooled", "tumor_recall_pooled", "median_healthy_called_tumor")))
     if "uncertainty_auroc_pooled" in summary:
         spearman = summary.get("spearman_review_score_tumor_dice", {}).get("rho", float("nan"))
         logger.info("uncertainty: AUROC for voxel error %.3f in the crops, %.3f in the kidneys (pooled); review score "

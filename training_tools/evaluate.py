@@ -19,7 +19,7 @@ from KidneyTumorSegLib.bundle import load_bundle
 from KidneyTumorSegLib.cascade import Cascade, InferenceOptions
 from KidneyTumorSegLib.imageio import read_image
 from KidneyTumorSegLib.inference import pick_device
-from KidneyTumorSegLib.metrics import evaluate_case, summarise
+from KidneyTumorSegLib.metrics import TUMOR_COUNT_KEYS, evaluate_case, summarise
 from KidneyTumorSegLib.stage1 import NoKidneyFound
 
 from .cache import KitsCase, find_kits_cases, run_parallel, threads_per_worker
@@ -29,7 +29,7 @@ from .uncertainty_evaluation import PLOT_NAME, REVIEW_COLUMNS, plot_uncertainty,
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("kidney_dice", "tumor_dice", "mean_dice", "kidney_surface_dice", "tumor_surface_dice",
-                  "kidney_hd95_mm", "tumor_hd95_mm")
+                  "kidney_hd95_mm", "tumor_hd95_mm", "tumor_precision", "tumor_recall", "healthy_called_tumor")
 CSV_NAME, SUMMARY_NAME, BOXPLOT_NAME = "per_case.csv", "summary.json", "boxplot.png"
 
 
@@ -80,8 +80,8 @@ def _evaluate_job(job: tuple[KitsCase, str, InferenceOptions, int]) -> dict[str,
         torch.set_num_threads(threads)
         _CASCADES[key] = Cascade(load_bundle(bundle_path), options)
     row = evaluate_one(_CASCADES[key], case)
-    logger.info("%s: kidney Dice %.4f, tumor Dice %.4f (%.1f s)", case.case_id, row["kidney_dice"],
-                row["tumor_dice"], row["seconds"])
+    logger.info("%s: kidney Dice %.4f, tumor Dice %.4f, healthy kidney called tumor %.3f (%.1f s)", case.case_id,
+                row["kidney_dice"], row["tumor_dice"], row["healthy_called_tumor"], row["seconds"])
     return row
 
 
@@ -113,7 +113,8 @@ def evaluate_bundle(data_dir: str | os.PathLike, bundle_path: str | os.PathLike,
 
 
 def summarise_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """KiTS19 means (kidney, tumor, mean Dice), medians of every metric over finite values, mean seconds."""
+    """KiTS19 means (kidney, tumor, mean Dice), pooled tumor precision and recall, medians of every
+    metric over finite values, mean seconds."""
     summary: dict[str, Any] = summarise(rows)
     for key in METRIC_COLUMNS:
         finite = [r[key] for r in rows if math.isfinite(r[key])]
@@ -123,8 +124,8 @@ def summarise_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Per-case CSV: case_id, every metric, seconds, note, and the review summary when computed."""
-    columns = ("case_id", *METRIC_COLUMNS, "seconds", "note", *REVIEW_COLUMNS)
+    """Per-case CSV: case_id, every metric, the tumor voxel counts, seconds, note, and the review summary when computed."""
+    columns = ("case_id", *METRIC_COLUMNS, *TUMOR_COUNT_KEYS, "seconds", "note", *REVIEW_COLUMNS)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()

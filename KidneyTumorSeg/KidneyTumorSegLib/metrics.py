@@ -1,4 +1,5 @@
-"""Evaluation metrics (SPEC §4): KiTS19 Dice, surface Dice and 95 % Hausdorff distance.
+"""Evaluation metrics (SPEC §4): KiTS19 Dice, surface Dice and 95 % Hausdorff distance, and how
+the tumor label reads to a user: its precision, recall and the share of healthy kidney called tumor.
 
 Label maps are integer arrays [z, y, x] (0 background, 1 kidney, 2 tumor) on one grid;
 ``spacing_zyx`` is the voxel size in mm along (z, y, x).
@@ -6,6 +7,8 @@ Label maps are integer arrays [z, y, x] (0 background, 1 kidney, 2 tumor) on one
 Empty masks [D]:
 - Dice and surface Dice: both masks empty -> 1.0 (perfect agreement); one empty -> 0.0.
 - 95 % Hausdorff distance: both empty -> 0.0 mm; one empty -> ``float('inf')``.
+- Tumor precision / recall of a case: NaN where nothing was called tumor / the truth has none;
+  pooled over cases from the voxel counts, they are defined whenever any case called or held tumor.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .settings import DEFAULT_SETTINGS, LABEL_TUMOR, MethodSettings
+from .settings import DEFAULT_SETTINGS, LABEL_KIDNEY, LABEL_TUMOR, MethodSettings
 
 DICE_KEYS: tuple[str, ...] = ("kidney_dice", "tumor_dice", "mean_dice")
+TUMOR_COUNT_KEYS: tuple[str, ...] = ("tumor_tp", "tumor_fp", "tumor_fn")
 
 
 def dice(pred_mask: np.ndarray, gt_mask: np.ndarray) -> float:
@@ -126,13 +130,34 @@ def hausdorff95(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing_zyx: Sequenc
     return float(max(np.percentile(to_gt, 95), np.percentile(to_pred, 95)))
 
 
+def tumor_calls(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """How the tumor label of integer label maps [z, y, x] reads against the truth.
+
+    Keys: voxel counts ``tumor_tp``, ``tumor_fp``, ``tumor_fn`` (pooled by :func:`summarise`);
+    ``tumor_precision`` and ``tumor_recall`` of this case; ``healthy_called_tumor``, the share of
+    the truth's healthy kidney (label 1) called tumor: what a patient without a tumor meets (NaN
+    without healthy kidney).
+    """
+    called, truth = pred >= LABEL_TUMOR, gt >= LABEL_TUMOR
+    tp = int(np.count_nonzero(called & truth))
+    fp, fn = int(np.count_nonzero(called)) - tp, int(np.count_nonzero(truth)) - tp
+    healthy = gt == LABEL_KIDNEY
+    healthy_voxels = int(np.count_nonzero(healthy))
+    return {"tumor_tp": tp, "tumor_fp": fp, "tumor_fn": fn,
+            "tumor_precision": tp / (tp + fp) if tp + fp else math.nan,
+            "tumor_recall": tp / (tp + fn) if tp + fn else math.nan,
+            "healthy_called_tumor": (int(np.count_nonzero(called & healthy)) / healthy_voxels
+                                     if healthy_voxels else math.nan)}
+
+
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float],
                   tolerance_mm: float | None = None, settings: MethodSettings = DEFAULT_SETTINGS) -> dict[str, float]:
     """All metrics of one case from integer label maps [z, y, x] on the same grid.
 
     Keys: kidney_dice, tumor_dice, mean_dice (KiTS19), kidney_surface_dice, tumor_surface_dice
     (tolerance ``tolerance_mm``, default ``evaluation.surface_tolerance_mm``), kidney_hd95_mm,
-    tumor_hd95_mm. "Kidney" is label > 0 (kidney and tumor), "tumor" label 2, as in KiTS19.
+    tumor_hd95_mm, and those of :func:`tumor_calls`. "Kidney" is label > 0 (kidney and tumor),
+    "tumor" label 2, as in KiTS19.
     """
     tolerance = settings.evaluation.surface_tolerance_mm if tolerance_mm is None else tolerance_mm
     row = kits_dice(pred, gt)
@@ -141,13 +166,21 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float]
                                      ("tumor", pred >= LABEL_TUMOR, gt >= LABEL_TUMOR)):
         row[f"{name}_surface_dice"] = surface_dice(pred_mask, gt_mask, spacing_zyx, tolerance)
         row[f"{name}_hd95_mm"] = hausdorff95(pred_mask, gt_mask, spacing_zyx)
+    row.update(tumor_calls(pred, gt))
     return row
 
 
 def summarise(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean kidney_dice, tumor_dice and mean_dice over cases (rows of :func:`evaluate_case`), plus "cases"."""
+    """Over cases (rows of :func:`evaluate_case`): mean kidney_dice, tumor_dice and mean_dice;
+    tumor precision and recall pooled over every case's voxels (None where undefined); the median
+    share of healthy kidney called tumor (over cases with healthy kidney); and "cases"."""
     if len(rows) == 0:
         raise ValueError("summarise needs at least one case")
-    summary: dict[str, float] = {key: float(np.mean([row[key] for row in rows])) for key in DICE_KEYS}
+    summary: dict[str, float | None] = {key: float(np.mean([row[key] for row in rows])) for key in DICE_KEYS}
+    tp, fp, fn = (sum(row[key] for row in rows) for key in TUMOR_COUNT_KEYS)
+    summary["tumor_precision_pooled"] = tp / (tp + fp) if tp + fp else None
+    summary["tumor_recall_pooled"] = tp / (tp + fn) if tp + fn else None
+    healthy = [row["healthy_called_tumor"] for row in rows if math.isfinite(row["healthy_called_tumor"])]
+    summary["median_healthy_called_tumor"] = float(np.median(healthy)) if healthy else None
     summary["cases"] = len(rows)
     return summary

@@ -44,17 +44,25 @@ def evaluate_pair(prediction: Path, truth: Path, tolerance_mm: float | None) -> 
     return evaluate_case(np.asarray(predicted.array, np.uint8), np.asarray(expected.array, np.uint8), expected.spacing, tolerance_mm)
 
 
+def _share(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None or not math.isfinite(value) else f"{value:>{width}.3f}"
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     rows = []
     for name, (prediction, truth) in pairs(args.prediction, args.truth).items():
         rows.append({"case": name, **evaluate_pair(prediction, truth, args.tolerance_mm)})
     summary = summarise(rows)
     if args.json:
-        clean = [{k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()} for row in rows]
+        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()} for row in rows]
         print(json.dumps({**summary, "cases": clean}, indent=2))
     else:
-        print(f"{'case':<24}{'kidney':>9}{'tumor':>9}{'mean':>9}")
+        print("tumor precision: pooled over all cases' voxels in the last row; healthy called tumor: the share of the "
+              "truth's healthy kidney labelled tumor, median over cases in the last row")
+        print(f"{'case':<24}{'kidney':>9}{'tumor':>9}{'mean':>9}{'tumor precision':>17}{'healthy called tumor':>22}")
         for row in rows:
-            print(f"{row['case']:<24}{row['kidney_dice']:>9.4f}{row['tumor_dice']:>9.4f}{row['mean_dice']:>9.4f}")
-        print(f"{'mean':<24}{summary['kidney_dice']:>9.4f}{summary['tumor_dice']:>9.4f}{summary['mean_dice']:>9.4f}")
+            print(f"{row['case']:<24}{row['kidney_dice']:>9.4f}{row['tumor_dice']:>9.4f}{row['mean_dice']:>9.4f}"
+                  f"{_share(row['tumor_precision'], 17)}{_share(row['healthy_called_tumor'], 22)}")
+        print(f"{'mean':<24}{summary['kidney_dice']:>9.4f}{summary['tumor_dice']:>9.4f}{summary['mean_dice']:>9.4f}"
+              f"{_share(summary['tumor_precision_pooled'], 17)}{_share(summary['median_healthy_called_tumor'], 22)}")
     return 0
