@@ -51,6 +51,20 @@ def test_wmse_with_no_zero_target_keeps_only_the_weighted_term():
     assert loss.item() == pytest.approx((1.25 / 1.5 + 0.0) / 2, rel=1e-6)
 
 
+def test_wmse_floor_bounds_a_window_that_holds_only_the_tail_of_a_boundary():
+    target = torch.zeros(1, 1, 1000)
+    target[0, 0, :5] = 3e-4  # five voxels of a soft boundary's faint tail: Σ t = 0.0015
+    head = torch.full_like(target, 0.3)
+    tail_error = 5 * (0.3 - 3e-4) ** 2
+    assert wmse_loss(head, target).item() == pytest.approx((tail_error / 0.0015 + 0.09) / 2, rel=1e-4)  # the paper: ~150
+    floored = wmse_loss(head, target, positive_floor=0.001).item()  # divides by 0.001 * 1000 voxels = 1
+    assert floored == pytest.approx((tail_error / 1.0 + 0.09) / 2, rel=1e-4)
+    whole = torch.rand(1, 1, 1000)  # a window with a real boundary (Σ t ≈ 500) is scored as the paper scores it
+    assert wmse_loss(head, whole, 0.001).item() == pytest.approx(wmse_loss(head, whole).item(), rel=1e-6)
+    _, parts = total_loss(_logits([0.5] * 1000), head, torch.zeros(1, 1, 1000), target, "dice", wmse_positive_floor=0.001)
+    assert parts["reg_loss"].item() == pytest.approx(floored, rel=1e-6)
+
+
 def test_total_loss_adds_wmse_to_the_segmentation_loss():
     logits, seg, reg_pred, reg_target = _logits([0.8, 0.2]), _t([1, 0]), _t([0.5, 0.0]), _t([1.0, 0.0])
     total, parts = total_loss(logits, reg_pred, seg, reg_target, "bce")
@@ -121,6 +135,9 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
             if config.inference_window_fraction:
                 expected.append(f"{config.inference_window_fraction:g} of the windows drawn anywhere in the crop, "
                                 "as inference meets the model (the paper: all around the tumor)")
+            if config.wmse_positive_floor:
+                expected.append(f"WMSE boundary term divided by at least {config.wmse_positive_floor:g} of the batch's "
+                                "voxels (the paper: by the boundary's Σ t alone)")
             if config.tumor_box_padding == "zeros":
                 expected.append("zeros around the expanded tumor box (SPEC: the image's own voxels)")
             expected.append(f"training-time augmentation {json.dumps(config.augmentation, sort_keys=True)} "

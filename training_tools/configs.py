@@ -40,6 +40,9 @@ class TrainConfig:
     ``inference_window_fraction`` (tumor models; 0 = the paper): share of the windows (3D
     patches, 2D slices) drawn anywhere in the case's crop, as inference meets the model, instead
     of around the tumor (SPEC §2, revised).
+    ``wmse_positive_floor``: the WMSE's boundary term divides by at least this share of the
+    batch's voxels (SPEC §2, revised; 0 = the paper's Σ t, which a window holding only the faint
+    tail of a boundary makes ≪ 1: losses of 10²–10⁴ that stall Adam). Acts only on such windows.
     ``tumor_box_padding`` (T-vnet, T-unet): what fills a patch outside the expanded tumor box,
     ``"image"`` (SPEC, revised: the crop's own voxels and labels there, as the model
     sees them at inference, where it runs over the whole kidney crop).
@@ -63,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     inference_window_fraction: float = 0.0
     tumor_box_padding: str = "image"
+    wmse_positive_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -76,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"{self.role}: inference_window_fraction must lie in [0, 1], got {self.inference_window_fraction}")
         if self.inference_window_fraction and self.spec.task != "tumor":
             raise ValueError(f"{self.role}: inference_window_fraction applies to the tumor models only")
+        if self.wmse_positive_floor < 0.0:
+            raise ValueError(f"{self.role}: wmse_positive_floor must be at least 0, got {self.wmse_positive_floor}")
         if self.tumor_box_padding not in TUMOR_BOX_PADDINGS:
             raise ValueError(f"{self.role}: tumor_box_padding must be one of {TUMOR_BOX_PADDINGS}, got {self.tumor_box_padding!r}")
         if self.tumor_box_padding != "image" and not (self.spec.task == "tumor" and self.spec.architecture != "unet2d"):
@@ -111,6 +117,9 @@ class TrainConfig:
         if self.inference_window_fraction:
             notes.append(f"{self.inference_window_fraction:g} of the windows drawn anywhere in the crop, as inference "
                          "meets the model (the paper: all around the tumor)")
+        if self.wmse_positive_floor:
+            notes.append(f"WMSE boundary term divided by at least {self.wmse_positive_floor:g} of the batch's voxels "
+                         "(the paper: by the boundary's Σ t alone)")
         if self.tumor_box_padding != "image":
             notes.append("zeros around the expanded tumor box (SPEC: the image's own voxels)")
         if self.augmentation:

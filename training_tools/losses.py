@@ -25,17 +25,20 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-def wmse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def wmse_loss(prediction: torch.Tensor, target: torch.Tensor, positive_floor: float = 0.0) -> torch.Tensor:
     """Weighted MSE of SPEC §2: ``(Σ_{t>0}(l−t)² / Σ_{t>0} t + Σ_{t≤0}(l−t)² / N_{t≤0}) / 2``.
 
     [D] The second denominator is the number of voxels with t ≤ 0 (the paper's Σ_{t≤0} t is 0).
+    [D, revised] The first denominator is at least ``positive_floor`` times the number of voxels
+    (0 = the paper): a window that holds only the faint tail of a soft boundary (Σ t ≪ 1, as
+    windows drawn anywhere in the crop do) would otherwise divide by almost nothing.
     A term whose voxel set is empty contributes 0; all voxels (every channel, every batch item)
     enter the same two sums.
     """
     prediction, target = prediction.float(), target.float()
     squared = (prediction - target) ** 2
     positive = target > 0
-    positive_weight = target[positive].sum()
+    positive_weight = torch.clamp(target[positive].sum(), min=positive_floor * target.numel())
     negative_count = (~positive).sum()
     zero = squared.new_zeros(())
     positive_term = squared[positive].sum() / positive_weight if positive_weight > 0 else zero
@@ -71,14 +74,16 @@ def segmentation_loss_value(logits: torch.Tensor, target: torch.Tensor, name: st
 
 def total_loss(seg_logits: torch.Tensor, regression: torch.Tensor | None, seg_target: torch.Tensor,
                reg_target: torch.Tensor, segmentation_loss: str,
-               weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Segmentation loss (one of :data:`SEGMENTATION_LOSSES`) plus WMSE of the regression head;
-    returns the total and its parts, detached, for logs (tensors: reading them waits for the device)."""
+               weights: LossWeights = LossWeights(), wmse_positive_floor: float = 0.0,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Segmentation loss (one of :data:`SEGMENTATION_LOSSES`) plus WMSE of the regression head
+    (``wmse_positive_floor``: see :func:`wmse_loss`); returns the total and its parts, detached,
+    for logs (tensors: reading them waits for the device)."""
     seg = segmentation_loss_value(seg_logits, seg_target, segmentation_loss, weights.voxel)
     total = weights.segmentation * seg
     parts = {"seg_loss": seg.detach()}
     if regression is not None:
-        reg = wmse_loss(regression, reg_target)
+        reg = wmse_loss(regression, reg_target, wmse_positive_floor)
         total = total + weights.regression * reg
         parts["reg_loss"] = reg.detach()
     parts["loss"] = total.detach()

@@ -185,7 +185,8 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
         image, seg, reg = (t.to(context.device, non_blocking=True) for t in next(stream))
         with _autocast(context.device, amp_dtype):
             seg_logits, regression = model(image)
-        loss, parts = total_loss(seg_logits, regression, seg, reg, config.segmentation_loss, weights)
+        loss, parts = total_loss(seg_logits, regression, seg, reg, config.segmentation_loss, weights,
+                                 config.wmse_positive_floor)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
