@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +110,32 @@ def test_gpu_session_widths_keep_the_bundle_under_its_limit() -> None:
     size = gpu_session.projected_bundle_mb(gpu_session.TRAINING_WIDTHS)
     assert size <= gpu_session.BUNDLE_LIMIT_MB
     assert size > gpu_session.projected_bundle_mb({})  # the wider models add weights
+
+
+def _visibility_case(cache: Path, case_id: str, kidney_level: float, seed: int) -> None:
+    """A synthetic case whose kidney sits at ``kidney_level`` and whose tumor 0.12 below it."""
+    from training_helpers import synthetic_labels
+    from training_tools.cache import case_arrays, write_case
+    labels = synthetic_labels()
+    rng = np.random.default_rng(seed)
+    image = np.choose(labels, [0.3, kidney_level, kidney_level - 0.12]).astype(np.float32)
+    image += rng.normal(0.0, 0.02, labels.shape).astype(np.float32)
+    arrays, meta = case_arrays(np.clip(image, 0.05, 1.0), labels)
+    cache.mkdir(parents=True, exist_ok=True)
+    write_case(cache, case_id, arrays, meta)
+
+
+def test_tumor_visibility_scores_visible_tumors_as_the_validation_does(tmp_path: Path) -> None:
+    for number, level in enumerate((0.6, 0.7, 0.8)):
+        _visibility_case(tmp_path / "train", f"case_{number:05d}", level, number)
+    _visibility_case(tmp_path / "val", "case_00010", 0.65, 10)
+    out = tmp_path / "visibility.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tumor_visibility.py"), "--train-cache", str(tmp_path / "train"),
+                    "--val-cache", str(tmp_path / "val"), "--out", str(out)], check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["training_cases"] == 3 and result["training_tumor_cases"] == 3
+    assert result["training_tumor_contrast_sd"]["share_above_2"] == 1.0  # 0.12 against noise of 0.02
+    referenced = result["validation"]["kidney_referenced"]
+    assert referenced["val_dice"] > 0.8 and referenced["val_healthy_called_tumor"] < 0.05
+    assert [row["case"] for row in result["per_case"]] == ["case_00010"]
+    assert set(result["per_case"][0]) >= {"local", "kidney_referenced", "tumor_contrast"}
