@@ -120,7 +120,9 @@ def test_every_config_of_every_preset_follows_spec_loss_patch_and_optimiser(pres
         assert config.segmentation_loss in (loss, "dice+bce")  # a tumor preset may add BCE to Dice (SPEC, revised)
         assert config.effective_patch_size == patch or preset == "smoke"  # smoke trains on smaller patches
         assert config.weight_decay == 5e-4 and config.poly_power == 0.9
-        assert config.loss_weights == {"segmentation": 1.0, "regression": 1.0}  # segmentation loss + WMSE, unweighted
+        heads = {k: v for k, v in config.loss_weights.items() if k != "voxel"}
+        assert heads == {"segmentation": 1.0, "regression": 1.0}  # segmentation loss + WMSE, unweighted
+        assert "voxel" not in config.loss_weights or config.segmentation_loss == "dice+bce"  # weighs dice+bce's BCE term
         assert config.iterations >= 1 and config.batch_size >= 1 and config.base_channels >= 1
         if preset in ("paper", "smoke"):  # smoke: the paper's settings, only fewer and smaller
             assert config.segmentation_loss == loss
