@@ -65,11 +65,13 @@ def work_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
 
 
 def run_provenance(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What a bundle records of one run; a run started from another run's ``model.pt``
+    """What a bundle records of one run (``chosen``: the validation whose weights ``model.pt`` holds,
+    where the best whole-crop validation chose them; ``validation``: the run's last); a run started
+    from another run's ``model.pt``
     (``--init-weights``) also records that run, under ``initialised_from`` (its weights relative to
     that run's work folder)."""
     keys = ("config", "spec_deviations", "fold", "folds", "split_seed", "iteration", "total_iterations",
-            "validation", "validation_held_out", "world_size", "device", "amp", "seconds_this_run")
+            "validation", "chosen", "validation_held_out", "world_size", "device", "amp", "seconds_this_run")
     record = {k: summary.get(k) for k in keys}
     record["training_cases"] = len(summary.get("training_cases", []))
     if summary.get("init_weights"):
