@@ -49,7 +49,8 @@ the status line says the same and warns when a kidney is missing or far smaller 
 <p><b>Warning:</b> the model bundle shipped with the module is a <i>demo</i> trained on synthetic
 phantoms. It is not a clinical model and must not be used for diagnosis; choose your own trained
 bundle under Inputs. On a real scan that covers the abdomen it finds the kidneys (kidney Dice 0.72 on
-a real non-contrast CT) but calls much of each kidney tumor, so its tumor label and tumor volumes mean
+a real non-contrast CT) but calls much of each kidney tumor (half of what it labels on that CT, which has
+no tumor; half of healthy kidney on tumor-free phantoms), so its tumor label and tumor volumes mean
 nothing; on a short scan (about 30 slices) it finds part of the kidneys at best (0.38 on an excerpt of
 that CT), and when it finds nothing the status line says so.</p>
 <p>Please cite: J. Zhang, K. He, T. Qin, J. Chen, L. Yang. <i>Segmentation of kidney and kidney tumor
