@@ -247,8 +247,9 @@ def test_decisions_are_saved_and_the_later_one_wins(page, served) -> None:
     page.execute_script("document.activeElement.blur()")
     page.find_element(By.TAG_NAME, "body").send_keys("r")  # reject by key: replaces the decision
     _wait(page, lambda: json.loads((folder / "case_b.review.json").read_text())["status"] == "rejected")
-    assert "replaced the decision 'accepted'" in _wait(page, lambda: _text(page, "message") or None)
-    assert _text(page, "reviewed-count") == "1 of 5 reviewed"
+    # the file is written before the page hears back: wait for the new message, not for any message
+    _wait(page, lambda: "replaced the decision 'accepted'" in (_text(page, "message") or ""))
+    _wait(page, lambda: _text(page, "reviewed-count") == "1 of 5 reviewed")
     assert "case_b,rejected,left kidney fine," in (folder / "reviews.csv").read_text()
     assert page.find_element(By.CSS_SELECTOR, '#case-list tr[data-case="case_b"]').get_attribute("data-status") == "rejected"
     page.find_element(By.TAG_NAME, "body").send_keys("n")  # next case by key
