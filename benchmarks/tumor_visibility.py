@@ -136,9 +136,8 @@ def main() -> None:
             probability = np.zeros(inside.shape, np.float32)
             with torch.no_grad():
                 probability[inside] = torch.sigmoid(classifier(torch.from_numpy(features[variant]))[:, 0]).numpy()
-            # the validation threshold is 0.5: shift the chosen one onto it
-            shifted = np.where(probability >= threshold, 1.0, 0.0).astype(np.float32)
-            counted = case_counts(shifted, spec, case)
+            called = (probability >= threshold).astype(np.float32)  # 0/1, so validation's 0.5 keeps exactly these
+            counted = case_counts(called, spec, case)
             counts[variant].append(counted)
             row[variant] = summarize([counted], tumor=True)
         per_case.append(row)
