@@ -82,9 +82,9 @@ def test_benchmark_runs_a_git_commits_engine_beside_this_one_and_compares_labels
     assert comparison["equal"] and comparison["voxels_differing"] == 0
 
 
-def _gpu_session():
-    """benchmarks/gpu_session.py as a module (the benchmarks folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("gpu_session", ROOT / "benchmarks" / "gpu_session.py")
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -97,7 +97,7 @@ def test_gpu_session_caches_training_phantoms_with_the_current_generator(tmp_pat
     from training_tools.phantom_style import DEFAULT_STYLE
     from training_tools.phantoms import case_name
 
-    gpu_session = _gpu_session()
+    gpu_session = _benchmark("gpu_session")
     cache = tmp_path / "cache"
     subprocess.run(gpu_session.build_cache([MASK], cache, 1), cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     case = cache / case_name(MASK)
@@ -106,7 +106,7 @@ def test_gpu_session_caches_training_phantoms_with_the_current_generator(tmp_pat
 
 
 def test_gpu_session_widths_keep_the_bundle_under_its_limit() -> None:
-    gpu_session = _gpu_session()
+    gpu_session = _benchmark("gpu_session")
     size = gpu_session.projected_bundle_mb(gpu_session.TRAINING_WIDTHS)
     assert size <= gpu_session.BUNDLE_LIMIT_MB
     assert size > gpu_session.projected_bundle_mb({})  # the wider models add weights
@@ -139,3 +139,41 @@ def test_tumor_visibility_scores_visible_tumors_as_the_validation_does(tmp_path:
     assert referenced["val_dice"] > 0.8 and referenced["val_healthy_called_tumor"] < 0.05
     assert [row["case"] for row in result["per_case"]] == ["case_00010"]
     assert set(result["per_case"][0]) >= {"local", "kidney_referenced", "tumor_contrast"}
+
+
+def test_generalisation_gap_scores_training_and_validation_cases_as_validation_does(tmp_path: Path) -> None:
+    import torch
+    from training_helpers import write_synthetic_case
+    from KidneyTumorSegLib.networks.registry import ROLES
+    from training_tools.validation import validate
+    gap = _benchmark("generalisation_gap")
+    train = [write_synthetic_case(tmp_path / "train", f"case_{n:05d}", shift_x=2 * n, seed=n) for n in range(4)]
+    val = [write_synthetic_case(tmp_path / "val", "case_00010", shift_x=-6, seed=10)]
+    run = tmp_path / "runs" / "T2D-ax-dice"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"role": "T2D-ax-dice", "base_channels": 2}))
+    torch.manual_seed(0)
+    chosen, exported = ROLES["T2D-ax-dice"].build(2), ROLES["T2D-ax-dice"].build(2)
+    torch.save(chosen.state_dict(), run / "best.pt")
+    torch.save(exported.state_dict(), run / "model.pt")
+    out = tmp_path / "gap.json"
+    argv = ["generalisation_gap.py", "--run", str(run), "--train-cache", str(tmp_path / "train"),
+            "--val-cache", str(tmp_path / "val"), "--train-cases", "2", "--out", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        gap.main()
+    row = json.loads(out.read_text())["runs"][0]
+    assert row["role"] == "T2D-ax-dice" and row["weights"] == "best.pt"  # what validation chose comes first
+    assert row["training_cases"]["cases"] == ["case_00000", "case_00002"]  # spread over the cache
+    spec = ROLES["T2D-ax-dice"]
+    expected_train = validate(chosen.eval(), spec, [train[0], train[2]], torch.device("cpu"))
+    expected_val = validate(chosen.eval(), spec, val, torch.device("cpu"))
+    assert row["training_cases"]["val_dice"] == pytest.approx(expected_train["val_dice"], abs=1e-4)
+    assert row["validation_cases"]["val_precision"] == pytest.approx(expected_val["val_precision"], abs=1e-4)
+    assert row["dice_gap"] == pytest.approx(row["training_cases"]["val_dice"] - row["validation_cases"]["val_dice"], abs=2e-4)
+    role, network, weights = gap.load_run(run, "model")
+    assert weights == "model.pt"  # asked for by name, though best.pt is there
+    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), exported.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), chosen.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        gap.load_run(run, "latest")
