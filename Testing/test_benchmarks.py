@@ -145,13 +145,14 @@ def test_generalisation_gap_scores_training_and_validation_cases_as_validation_d
     import torch
     from training_helpers import write_synthetic_case
     from KidneyTumorSegLib.networks.registry import ROLES
+    from training_tools.configs import load_config
     from training_tools.validation import validate
     gap = _benchmark("generalisation_gap")
     train = [write_synthetic_case(tmp_path / "train", f"case_{n:05d}", shift_x=2 * n, seed=n) for n in range(4)]
     val = [write_synthetic_case(tmp_path / "val", "case_00010", shift_x=-6, seed=10)]
     run = tmp_path / "runs" / "T2D-ax-dice"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"role": "T2D-ax-dice", "base_channels": 2}))
+    (run / "config.json").write_text(json.dumps(load_config("T2D-ax-dice", overrides={"base_channels": 2}).to_json()))
     torch.manual_seed(0)
     chosen, exported = ROLES["T2D-ax-dice"].build(2), ROLES["T2D-ax-dice"].build(2)
     torch.save(chosen.state_dict(), run / "best.pt")

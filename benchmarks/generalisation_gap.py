@@ -27,15 +27,17 @@ import torch
 
 from KidneyTumorSegLib.networks.registry import ROLES
 from training_tools.cache import CachedCase, open_cache
+from training_tools.configs import TrainConfig
+from training_tools.train import BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, MODEL_NAME
 from training_tools.validation import validate
 
-WEIGHT_FILES = {"best": "best.pt", "model": "model.pt", "latest": "checkpoint.pt"}
+WEIGHT_FILES = {"best": BEST_NAME, "model": MODEL_NAME, "latest": CHECKPOINT_NAME}
 
 
 def load_run(run: Path, weights: str | None) -> tuple[str, torch.nn.Module, str]:
     """(role, network in eval mode, name of the weights file read) of a run folder; ``weights``
     None takes the first of best, model, latest that exists."""
-    config = json.loads((run / "config.json").read_text())
+    config = TrainConfig.from_json(json.loads((run / CONFIG_NAME).read_text()))
     order = [weights] if weights else list(WEIGHT_FILES)
     found = [WEIGHT_FILES[w] for w in order if (run / WEIGHT_FILES[w]).is_file()]
     if not found:
@@ -43,9 +45,9 @@ def load_run(run: Path, weights: str | None) -> tuple[str, torch.nn.Module, str]
     state = torch.load(run / found[0], map_location="cpu", weights_only=True)
     if found[0] == WEIGHT_FILES["latest"]:
         state = state["model"]
-    network = ROLES[config["role"]].build(config["base_channels"])
+    network = config.spec.build(config.base_channels)  # as training builds it
     network.load_state_dict(state)
-    return config["role"], network.eval(), found[0]
+    return config.role, network.eval(), found[0]
 
 
 def spread(cases: list[CachedCase], count: int) -> list[CachedCase]:
