@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,10 @@ def test_gpu_session_caches_training_phantoms_with_the_current_generator(tmp_pat
 
     gpu_session = _benchmark("gpu_session")
     cache = tmp_path / "cache"
-    subprocess.run(gpu_session.build_cache([MASK], cache, 1), cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    shutil.copy(MASK, masks / MASK.name)
+    subprocess.run(gpu_session.build_cache(masks, 1, cache, 1), cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     case = cache / case_name(MASK)
     assert is_complete(case)
     assert json.loads((case / "meta.json").read_text())["source"]["style"] == DEFAULT_STYLE

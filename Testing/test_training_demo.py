@@ -7,7 +7,8 @@ import numpy as np
 from KidneyTumorSegLib.networks.registry import ROLES
 from training_tools.cache import working_arrays
 from training_tools.configs import load_config
-from training_tools.demo_bundle import DEMO_DESCRIPTION, default_jobs, expected_cost, ipl_labels, train_command
+from training_tools.demo_bundle import DEMO_DESCRIPTION, default_jobs, expected_cost, train_command
+from training_tools.phantoms import labels_on_ipl_axes
 
 
 def test_masks_turned_to_ipl_give_the_same_working_frame_as_the_file(real_kits_crops, tmp_path):
@@ -16,7 +17,8 @@ def test_masks_turned_to_ipl_give_the_same_working_frame_as_the_file(real_kits_c
                                                              nib.orientations.axcodes2ornt(("R", "A", "S"))))
     path = tmp_path / "case_00000.nii.gz"
     nib.save(ras, str(path))
-    labels, affine, spacing = ipl_labels(path)
+    turned = labels_on_ipl_axes(nib.load(str(path)))
+    labels, affine, spacing = turned.labels, turned.affine, turned.spacing
     assert nib.aff2axcodes(affine) == ("I", "P", "L")
     assert spacing == tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     original = np.asarray(ras.dataobj, dtype=np.uint8)
@@ -66,7 +68,7 @@ def test_training_some_roles_needs_a_bundle_to_carry_the_others(tmp_path):
 
 
 def test_variants_and_init_weights_in_the_command_lines(tmp_path):
-    from training_tools.demo_bundle import variant_name
+    from training_tools.phantom_cache import variant_name
 
     assert variant_name(tmp_path / "case_00012.nii.gz", 0) == "case_00012"
     assert variant_name(tmp_path / "case_00012" / "segmentation.nii.gz", 2) == "case_00012_v2"

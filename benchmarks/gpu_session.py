@@ -121,17 +121,11 @@ def benchmark(out_json: Path, mask: Path, slices: int, untrained: str, modes: st
             "--case-dir", str(out_json.parent / "cases"), "--out", str(out_json), *extra]
 
 
-def build_cache(masks: list[Path], cache: Path, workers: int) -> list[str]:
-    """The command that caches a training phantom of each mask (training_tools.demo_bundle.cache_phantom),
-    drawn by the phantom generator's default style (the newest), the default share of them healthy."""
-    code = ("import sys; from pathlib import Path; from training_tools.cache import run_parallel; "
-            "from training_tools.demo_bundle import cache_phantom; "
-            "from training_tools.phantom_style import DEFAULT_STYLE, HEALTHY_SHARE; "
-            "masks, cache, workers = [Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), int(sys.argv[2]); "
-            "cache.mkdir(parents=True, exist_ok=True); "
-            "errors = [e for _, e in run_parallel(cache_phantom, [(m, cache, 0, DEFAULT_STYLE, 0, HEALTHY_SHARE) for m in masks], workers, 'phantoms', False) if e]; "
-            "print(errors); sys.exit(1 if len(errors) == len(masks) else 0)")
-    return [sys.executable, "-c", code, str(cache), str(workers), *map(str, masks)]
+def build_cache(masks_dir: Path, count: int, cache: Path, workers: int) -> list[str]:
+    """The ``phantom-cache`` command that caches a training phantom of each of the first ``count``
+    masks of ``masks_dir``, drawn by the generator's default style, the default share of them healthy."""
+    return [sys.executable, "-m", "training_tools.cli", "phantom-cache", "--masks", str(masks_dir), "--cases",
+            str(count), "--out", str(cache), "--workers", str(workers), "--no-progress"]
 
 
 def train_all(session: Session, cache: Path, runs: Path, device: str, widths: dict[str, int], extra: list[str]) -> None:
@@ -226,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "cascade+compile", device, "bf16", ["--batch-size", "8", "--repeat", "2", *tiny]),
                 caps["compile"])
     # The timed steps are done: the phantoms are built beside the label checks, which time nothing.
-    cache_job = subprocess.Popen(build_cache(training_masks, out / "cache", args.workers), cwd=REPOSITORY,
+    cache_job = subprocess.Popen(build_cache(args.masks, len(training_masks), out / "cache", args.workers), cwd=REPOSITORY,
                                  stdout=open(out / "phantoms.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     for amp, name in (("bf16", "bf16"), ("none", "fp32")):
         devices = "cpu,cpu" if args.dry_run else "cuda,cpu"

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from training_tools.cli_review import add_review_commands
 from training_tools.cli_training import add_training_commands
-from training_tools.phantom_style import DEFAULT_STYLE, STYLES
+from training_tools.phantom_style import DEFAULT_STYLE, HEALTHY_SHARE, STYLES
 from training_tools.phantom_fov import FIELDS_OF_VIEW
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,52 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_phantom_cache(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "phantom-cache",
+        help="paint training phantoms straight into a training cache (several per mask, some healthy)",
+        description="Draw VARIANTS training phantoms of every KiTS19 label map (each its own appearance and field of "
+        "view) on the working frame and cache them with every training target, ready for 'train --cache'. Cached "
+        "phantoms are skipped, so a cache grows by re-running with more --variants and the same seed.",
+    )
+    parser.add_argument("--masks", type=Path, required=True, help="folder of KiTS19 label maps")
+    parser.add_argument("--out", type=Path, required=True, help="cache folder")
+    parser.add_argument("--variants", type=int, default=1, help="phantoms per mask (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed; each phantom's stream also depends on its id")
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
+                        help=f"generator style (default {DEFAULT_STYLE})")
+    parser.add_argument("--healthy-share", type=float, default=HEALTHY_SHARE,
+                        help=f"share of phantoms whose tumor is rendered and labelled as kidney (default {HEALTHY_SHARE})")
+    parser.add_argument("--moved-share", type=float, default=0.0,
+                        help="share of the other phantoms whose tumor is another mask's, moved to a random place of the "
+                        "kidney surface, so that a tumor's place tells nothing (default 0: each mask's own tumor)")
+    parser.add_argument("--cases", type=int, default=None, metavar="N", help="only the first N masks (sorted by name)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default min(4, CPUs))")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    parser.set_defaults(run=_cmd_phantom_cache)
+
+
+def _cmd_phantom_cache(args: argparse.Namespace) -> int:
+    from training_tools.phantom_cache import PhantomDraw, cache_phantoms
+    from training_tools.phantoms import find_masks
+
+    masks = find_masks(args.masks)[: args.cases]
+    if not masks:
+        logger.error("no case_*.nii.gz or case_*/segmentation.nii.gz under %s", args.masks)
+        return 1
+    draw = PhantomDraw(args.seed, args.style, args.healthy_share, args.moved_share)
+    cached = cache_phantoms(masks, args.out, draw, args.variants, args.workers, progress=not args.no_progress)
+    wanted = len(masks) * args.variants
+    logger.info("%d of %d phantoms cached in %s", len(cached), wanted, args.out)
+    return 0 if cached else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kidneytumorseg-train", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_phantoms(commands)
+    _add_phantom_cache(commands)
     add_training_commands(commands)
     add_review_commands(commands)
     return parser

@@ -28,22 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from KidneyTumorSegLib.cascade import InferenceOptions
-from KidneyTumorSegLib.geometry import to_working_frame, working_frame_for
 from KidneyTumorSegLib.inference import pick_device
 from KidneyTumorSegLib.networks.registry import ROLES
-from KidneyTumorSegLib.preprocessing import normalize_hu
 
-from .cache import case_arrays, default_workers, is_complete, run_parallel, threads_per_worker, write_case
+from .cache import default_workers, run_parallel, threads_per_worker
 from .configs import load_config, load_preset
 from .evaluate import evaluate_bundle
 from .export import export_bundle
 from .phantom_style import DEFAULT_STYLE, HEALTHY_SHARE, style_named
-from .phantoms import (case_name, case_seed, find_masks, is_healthy_phantom, labels_on_ipl_axes, make_phantom_case,
-                       make_training_phantom, without_tumor)
+from .phantom_cache import PhantomDraw, cache_phantom
+from .phantoms import case_name, find_masks, make_phantom_case
 from .train import RUN_NAME
 
 logger = logging.getLogger(__name__)
@@ -84,45 +81,6 @@ class DemoOptions:
     roles: tuple[str, ...] | None = None
 
 
-def ipl_labels(mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """A label map turned to I, P, L axes: (uint8 labels [z, y, x], their affine, spacing (z, y, x))."""
-    turned = labels_on_ipl_axes(nib.load(str(mask_path)))
-    return turned.labels, turned.affine, turned.spacing
-
-
-def variant_name(mask_path: Path, variant: int) -> str:
-    """Cache id of one training phantom: the case name, with ``_vN`` for the N-th extra variant."""
-    return case_name(mask_path) + (f"_v{variant}" if variant else "")
-
-
-def cache_phantom(job: tuple[Path, Path, int, str, int, float]) -> tuple[str, str | None]:
-    """Build one training phantom on the working frame and cache it (skipped when cached); (case id, error).
-
-    The mask goes to the working frame (nearest), the phantom is painted there with a drawn field
-    of view (``make_training_phantom``); a window without kidney caches stage 1's arrays only. A
-    ``healthy_share`` of the phantoms (``is_healthy_phantom``) render and label their tumor as kidney.
-    """
-    mask_path, cache_dir, seed, style, variant, healthy_share = job
-    name = variant_name(mask_path, variant)
-    try:
-        if not is_complete(cache_dir / name):
-            labels, affine, _ = ipl_labels(mask_path)
-            healthy = is_healthy_phantom(seed, name, healthy_share)
-            if healthy:
-                labels = without_tumor(labels)
-            frame = working_frame_for(labels.shape, affine)
-            working = to_working_frame(labels, frame, order=0, dtype=np.uint8)
-            rng = np.random.default_rng(case_seed(seed, name))
-            ct, labels, _ = make_training_phantom(working, frame.spacing, rng, style_named(style))
-            arrays, meta = case_arrays(normalize_hu(ct), labels, allow_empty=True)
-            meta["source"] = {"phantom_of": mask_path.name, "seed": seed, "style": style, "variant": variant,
-                              "healthy": healthy}
-            write_case(cache_dir, name, arrays, meta)
-        return name, None
-    except Exception as error:  # one bad mask must not stop the others
-        return name, f"{type(error).__name__}: {error}"
-
-
 def write_phantom(job: tuple[Path, Path, int, str]) -> tuple[str, str | None]:
     """Write one held-out phantom in KiTS19 layout (skipped when present); (case id, error)."""
     mask_path, out_dir, seed, style = job
@@ -149,7 +107,8 @@ def build_data(masks: list[Path], eval_cases: int, cache_dir: Path, eval_dir: Pa
     eval_dir.mkdir(parents=True, exist_ok=True)
     held, training = masks[len(masks) - eval_cases:], masks[:len(masks) - eval_cases]
     jobs = [("eval", m, eval_dir, seed, style) for m in held]
-    jobs += [("train", m, cache_dir, seed, style, v, healthy_share) for v in range(variants) for m in training]
+    draw = PhantomDraw(seed, style, healthy_share)
+    jobs += [("train", m, cache_dir, draw, v, ()) for v in range(variants) for m in training]
     for name, error in run_parallel(_phantom_job, jobs, workers, "phantoms"):
         if error:
             logger.error("%s: left out (%s)", name, error)

@@ -5,7 +5,8 @@
         --out phantoms_v2.png
 
 builds the phantoms of the given KiTS19 masks in a temporary folder and draws them; with
-``--cases DIR ...`` it draws existing KiTS19-layout case folders instead. ``--beside`` draws a
+``--cases DIR ...`` it draws existing KiTS19-layout case folders instead, and with ``--cached DIR ...``
+cached training phantoms (``phantom-cache``: moved tumors named by their mask). ``--beside`` draws a
 real CT first, at the same window, through the middle of its kidneys (TotalSegmentator classes 2
 and 3 of ``--beside-labels``), and every phantom as an axial and a coronal slice with the mask's
 outline: a grid to judge the phantoms' look against a real scan.
@@ -13,6 +14,7 @@ outline: a grid to judge the phantoms' look against a real scan.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,6 +24,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from KidneyTumorSegLib.settings import IntensitySettings, WORKING_SPACING_ZYX
 from training_tools.phantom_style import DEFAULT_STYLE, STYLES, style_named
 from training_tools.phantoms import make_phantom_case
 
@@ -142,11 +145,45 @@ def save_comparison(real_ct: Path, real_labels: Path, case_dirs: Sequence[str | 
     return _save(fig, png)
 
 
+def _load_cached(case_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """A cached training phantom's image (back to HU) and labels, ``[z, y, x]`` on the working frame,
+    and a title naming the mask and, for a moved tumor, the mask it came from."""
+    meta = json.loads((case_dir / "meta.json").read_text())
+    intensity = IntensitySettings()
+    image = np.load(case_dir / "image.npy").astype(np.float32) * (intensity.hu_max - intensity.hu_min) + intensity.hu_min
+    source = meta.get("source", {})
+    title = meta["case_id"]
+    if source.get("tumor_of"):
+        title += f", tumor of {source['tumor_of'].split('.')[0]}"
+    elif source.get("healthy"):
+        title += ", healthy"
+    return image, np.load(case_dir / "labels.npy"), title
+
+
+def save_cached_preview(case_dirs: Sequence[str | Path], png: str | Path) -> Path:
+    """A grid of cached training phantoms (``phantom_cache``): axial slice on top, coronal below,
+    through the tumor, with the kidney and tumor outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(case_dirs), figsize=(3.2 * len(case_dirs), 6.6), squeeze=False)
+    spacing = WORKING_SPACING_ZYX
+    for k, case_dir in enumerate(case_dirs):
+        hu, labels, title = _load_cached(Path(case_dir))
+        z, y, _ = _tumor_centre(labels)
+        _panel(axes[0, k], hu[z], labels[z], spacing[1] / spacing[2], title)
+        _panel(axes[1, k], hu[:, y, :], labels[:, y, :], spacing[0] / spacing[2], "coronal")
+    return _save(fig, png)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", type=Path, nargs="+", help="KiTS19 label maps to build phantoms from")
     source.add_argument("--cases", type=Path, nargs="+", help="KiTS19-layout case folders")
+    source.add_argument("--cached", type=Path, nargs="+", help="cached training phantoms (phantom-cache case folders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES), help=f"generator style (default {DEFAULT_STYLE})")
     parser.add_argument("--beside", type=Path, default=None, help="a real CT to draw first, at the same window")
@@ -163,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             save_phantom_preview(cases, args.out)
 
-    if args.cases:
+    if args.cached:
+        save_cached_preview(args.cached, args.out)
+    elif args.cases:
         draw(args.cases)
     else:
         with tempfile.TemporaryDirectory() as tmp:
