@@ -15,6 +15,7 @@ from training_tools.cache import open_cache
 from training_tools.phantom_cache import PhantomDraw, working_labels
 from training_tools.phantom_transplant import transplant_tumor, tumor_crop
 from training_tools.phantoms import without_tumor
+from training_tools.train import data_deviations
 
 DATA = Path(__file__).parent / "Data" / "kits19"
 HOST = DATA / "case_00015.nii.gz"  # both kidneys, a small tumor
@@ -83,6 +84,7 @@ def test_cli_caches_variants_grows_and_refuses_another_draw(tmp_path, capsys):
     assert sorted(grown) == ["case_00005", "case_00005_v1", "case_00015", "case_00015_v1"]
     assert {name: (grown[name].folder / "meta.json").stat().st_mtime_ns for name in stamps} == stamps
     assert json.loads((out / "cache.json").read_text())["phantoms"]["moved_share"] == 1.0
+    assert [n.split(" hold")[0] for n in data_deviations(open_cache(out))] == ["4 of 4 training phantoms"]
 
     pytest.importorskip("matplotlib")
     from training_tools import phantom_preview

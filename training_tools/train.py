@@ -417,12 +417,19 @@ def _summary(config: TrainConfig, options: TrainOptions, context: Distributed, s
 
 
 def data_deviations(cases: list[CachedCase]) -> list[str]:
-    """Where the training cases depart from the paper's data: healthy phantoms (tumor rendered as kidney)."""
-    healthy = sum(1 for c in cases if c.meta.get("source", {}).get("healthy"))
-    if not healthy:
-        return []
-    return [f"{healthy} of {len(cases)} training phantoms render and label the tumor as kidney (healthy kidneys; "
-            "KiTS19 holds tumor cases only)"]
+    """Where the training cases depart from the paper's data: healthy phantoms (tumor rendered as
+    kidney) and moved tumors (another mask's tumor at a drawn place, ``phantom_transplant``)."""
+    sources = [c.meta.get("source", {}) for c in cases]
+    healthy = sum(1 for s in sources if s.get("healthy"))
+    moved = sum(1 for s in sources if s.get("tumor_of"))
+    notes = []
+    if healthy:
+        notes.append(f"{healthy} of {len(cases)} training phantoms render and label the tumor as kidney (healthy "
+                     "kidneys; KiTS19 holds tumor cases only)")
+    if moved:
+        notes.append(f"{moved} of {len(cases)} training phantoms hold another mask's tumor moved to a random place of "
+                     "the kidney surface (so a tumor's place tells nothing)")
+    return notes
 
 
 def _checksum(network: nn.Module) -> float:
