@@ -80,10 +80,11 @@ def _add_phantom_cache(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
                         help=f"generator style (default {DEFAULT_STYLE})")
     parser.add_argument("--healthy-share", type=float, default=HEALTHY_SHARE,
-                        help=f"share of phantoms whose tumor is rendered and labelled as kidney (default {HEALTHY_SHARE})")
+                        help=f"share of phantoms whose tumor is rendered and labelled as kidney "
+                        f"(default {HEALTHY_SHARE})")
     parser.add_argument("--moved-share", type=float, default=0.0,
-                        help="share of the other phantoms whose tumor is another mask's, moved to a random place of the "
-                        "kidney surface, so that a tumor's place tells nothing (default 0: each mask's own tumor)")
+                        help="share of the other phantoms whose tumor is another mask's, moved to a random place of "
+                        "the kidney surface, so that a tumor's place tells nothing (default 0: each mask's own tumor)")
     parser.add_argument("--cases", type=int, default=None, metavar="N", help="only the first N masks (sorted by name)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")

@@ -1,4 +1,4 @@
-"""Training phantoms painted straight into a training cache: several per mask, a share of them healthy.
+"""Training phantoms painted straight into a cache: several per mask, some healthy, some with moved tumors.
 
 Each training phantom is drawn on the working frame (``make_training_phantom``: its own
 appearance and field of view) and cached with every training target, without a NIfTI in
@@ -23,7 +23,8 @@ import numpy as np
 from KidneyTumorSegLib.geometry import to_working_frame, working_frame_for
 from KidneyTumorSegLib.preprocessing import normalize_hu
 
-from .cache import CACHE_MANIFEST, case_arrays, default_workers, is_complete, run_parallel, write_cache_manifest, write_case
+from .cache import (CACHE_MANIFEST, case_arrays, default_workers, is_complete, run_parallel, write_cache_manifest,
+                    write_case)
 from .phantom_style import DEFAULT_STYLE, HEALTHY_SHARE, style_named
 from .phantom_transplant import transplant_tumor, tumor_crop
 from .phantoms import case_name, case_seed, is_healthy_phantom, labels_on_ipl_axes, make_training_phantom, without_tumor
@@ -139,5 +140,6 @@ def cache_phantoms(masks: list[Path], cache_dir: Path, draw: PhantomDraw = Phant
             logger.error("%s: left out (%s)", name, error)
         else:
             cached.append(name)
-    write_cache_manifest(cache_dir, {"phantoms": asdict(draw), "masks": str(masks[0].parent.resolve()) if masks else None})
+    masks_dir = str(masks[0].parent.resolve()) if masks else None
+    write_cache_manifest(cache_dir, {"phantoms": asdict(draw), "masks": masks_dir})
     return sorted(cached)
