@@ -44,15 +44,22 @@ def _add_phantoms(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_cmd_phantoms)
 
 
-def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from training_tools.phantom_style import style_named
-    from training_tools.phantoms import case_name, find_masks, make_phantoms
+def _chosen_masks(args: argparse.Namespace) -> list[Path]:
+    """The first ``--cases`` label maps of ``--masks`` (all without it); an error is logged when none."""
+    from training_tools.phantoms import find_masks
 
-    masks = find_masks(args.masks)
-    if args.cases is not None:
-        masks = masks[: args.cases]
+    masks = find_masks(args.masks)[: args.cases]
     if not masks:
         logger.error("no case_*.nii.gz or case_*/segmentation.nii.gz under %s", args.masks)
+    return masks
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from training_tools.phantom_style import style_named
+    from training_tools.phantoms import case_name, make_phantoms
+
+    masks = _chosen_masks(args)
+    if not masks:
         return 1
     existing = [m for m in masks if (args.out / case_name(m)).exists()]
     if existing and not args.overwrite:
@@ -93,11 +100,9 @@ def _add_phantom_cache(commands: argparse._SubParsersAction) -> None:
 
 def _cmd_phantom_cache(args: argparse.Namespace) -> int:
     from training_tools.phantom_cache import PhantomDraw, cache_phantoms
-    from training_tools.phantoms import find_masks
 
-    masks = find_masks(args.masks)[: args.cases]
+    masks = _chosen_masks(args)
     if not masks:
-        logger.error("no case_*.nii.gz or case_*/segmentation.nii.gz under %s", args.masks)
         return 1
     draw = PhantomDraw(args.seed, args.style, args.healthy_share, args.moved_share)
     cached = cache_phantoms(masks, args.out, draw, args.variants, args.workers, progress=not args.no_progress)
