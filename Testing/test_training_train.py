@@ -20,6 +20,7 @@ from KidneyTumorSegLib.inference import make_predictor, sliding_window_predict
 from training_tools.cache import open_cache, working_arrays
 from training_tools.logs import read_log
 from training_tools.train import TrainOptions, train
+from training_tools.validation import validate
 from synthetic_cases import working_affine
 from training_helpers import write_synthetic_case
 
@@ -289,3 +290,26 @@ def test_export_carries_roles_without_a_run_over_from_a_bundle_unchanged(cache, 
     started = new.manifest["provenance"]["runs"]["KT"]["initialised_from"]
     assert started["weights"] == "KT.pt" and started["bundle"] == "old-bundle" and "folder" not in started
     assert started["initialised_from"] == {"weights": "model.pt"}  # the older run's machine paths stay behind
+
+
+def test_fit_cases_score_training_cases_as_validation_does_and_choose_nothing(cache, tmp_path):
+    """``fit_cases`` training cases are scored beside the validation cases by the same whole-crop
+    validation (the gap shows memorising); the weights are still chosen by ``val_dice`` alone."""
+    validation = tmp_path / "validation"
+    write_synthetic_case(validation, "case_00100", shift_x=20, seed=9)
+    config = load_config("T-unet", "paper", {**TINY, "iterations": 4, "patch_size": [16, 32, 32]})
+    out = tmp_path / "run"
+    summary = train(config, _options(cache, out, val_cache=validation, fit_cases=2))
+    training = open_cache(cache)
+    assert summary["fit_cases"] == [training[0].case_id, training[1].case_id]
+    assert set(summary["fit_cases"]) <= set(summary["training_cases"])
+    last = summary["history"][-1]
+    network = config.spec.build(config.base_channels)
+    network.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+    expected = validate(network.eval(), config.spec, training[:2], torch.device("cpu"))
+    assert {k: last["fit_" + k[4:]] for k in expected} == pytest.approx(expected, abs=1e-9)
+    assert summary["chosen"] == max(summary["history"], key=lambda h: h["val_dice"])
+    logged = [row for row in read_log(out / "log.csv") if "val_dice" in row]
+    assert [row["fit_dice"] for row in logged] == pytest.approx([h["fit_dice"] for h in summary["history"]], abs=1e-5)
+    alone = train(config, _options(cache, tmp_path / "alone", fit_cases=2))  # no held-out cases: nothing to compare
+    assert alone["fit_cases"] == [] and all("fit_dice" not in h for h in alone["history"])

@@ -29,7 +29,7 @@ from KidneyTumorSegLib.networks.registry import ROLES
 from training_tools.cache import CachedCase, open_cache
 from training_tools.configs import TrainConfig
 from training_tools.train import BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, MODEL_NAME
-from training_tools.validation import validate
+from training_tools.validation import spread_cases, validate
 
 WEIGHT_FILES = {"best": BEST_NAME, "model": MODEL_NAME, "latest": CHECKPOINT_NAME}
 
@@ -48,14 +48,6 @@ def load_run(run: Path, weights: str | None) -> tuple[str, torch.nn.Module, str]
     network = config.spec.build(config.base_channels)  # as training builds it
     network.load_state_dict(state)
     return config.role, network.eval(), found[0]
-
-
-def spread(cases: list[CachedCase], count: int) -> list[CachedCase]:
-    """``count`` cases taken evenly over the sorted list (all of them if fewer)."""
-    if count >= len(cases):
-        return cases
-    step = len(cases) / count
-    return [cases[int(i * step)] for i in range(count)]
 
 
 def scores(network: torch.nn.Module, role: str, cases: list[CachedCase]) -> dict[str, Any]:
@@ -77,7 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train_cases = spread([c for c in open_cache(args.train_cache) if c.has_kidney], args.train_cases)
+    train_cases = spread_cases([c for c in open_cache(args.train_cache) if c.has_kidney], args.train_cases)
     val_cases = open_cache(args.val_cache)
     rows = []
     for run in args.run:

@@ -101,6 +101,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-cache", type=Path, default=None, metavar="DIR",
                         help="validate on this cache's cases (not training cases; e.g. phantoms of other masks) "
                         "instead of the held-out fold; the best whole-crop validation chooses the weights")
+    parser.add_argument("--fit-cases", type=int, default=0, metavar="N",
+                        help="also score N training cases at each validation, whole crops, logged as fit_* "
+                        "(the gap to val_* shows memorising; they never choose the weights)")
     parser.add_argument("--time-budget-s", type=float, default=None, help="lower the iterations to end within this time")
     parser.add_argument("--stop-after", type=int, default=None, help="leave after N iterations with a checkpoint")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -119,7 +122,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache=args.cache, out=args.out, resume=args.resume, device=args.device, amp=args.amp, fold=args.fold,
         folds=args.folds, split_seed=args.split_seed, time_budget_s=args.time_budget_s, stop_after=args.stop_after,
         threads=args.threads, loader_threads=args.loader_threads, tensorboard=not args.no_tensorboard,
-        progress=args.progress, init_weights=args.init_weights, val_cache=args.val_cache,
+        progress=args.progress, init_weights=args.init_weights, val_cache=args.val_cache, fit_cases=args.fit_cases,
     )
     summary = train(config, options)
     logger.info("%s: iteration %d/%d%s", summary["role"], summary["iteration"], summary["total_iterations"],

@@ -10,8 +10,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("iteration", "lr", "loss", "seg_loss", "reg_loss", "seconds_per_iteration", "val_dice", "val_precision",
-           "val_recall", "val_healthy_called_tumor")
-"""Training scalars and the whole-crop validation scores (training_tools.validation)."""
+           "val_recall", "val_healthy_called_tumor", "fit_dice", "fit_precision", "fit_recall",
+           "fit_healthy_called_tumor")
+"""Training scalars, the whole-crop validation scores (training_tools.validation) and, with
+``train --fit-cases``, the same scores on training cases (``fit_*``)."""
 
 
 class ScalarLog:
@@ -74,7 +76,8 @@ def read_log(path: Path) -> list[dict[str, float]]:
 
 def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     """PNG of the loss (with its parts), the learning rate and the whole-crop validation (Dice,
-    precision, recall, healthy kidney called tumor) against iteration."""
+    precision, recall, healthy kidney called tumor) against iteration; the training cases' Dice
+    (``fit_dice``), where logged, dashed beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,6 +92,7 @@ def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     axes[1].set_title("learning rate")
     for key in ("val_dice", "val_precision", "val_recall", "val_healthy_called_tumor"):
         _plot(axes[2], rows, key, marker="o")
+    _plot(axes[2], rows, "fit_dice", marker="o", linestyle="--", label="fit_dice (training cases)")
     axes[2].set_title("whole-crop validation")
     axes[2].set_ylim(0, 1)
     for axis in axes:
@@ -102,11 +106,12 @@ def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     return png_path
 
 
-def _plot(axis, rows: Sequence[dict[str, float]], key: str, marker: str | None = None) -> None:
+def _plot(axis, rows: Sequence[dict[str, float]], key: str, marker: str | None = None, linestyle: str = "-",
+          label: str | None = None) -> None:
     points = [(r["iteration"], r[key]) for r in rows if key in r]
     if points:
         x, y = zip(*points)
-        axis.plot(x, y, label=key, marker=marker, markersize=3)
+        axis.plot(x, y, label=label or key, marker=marker, markersize=3, linestyle=linestyle)
 
 
 def relay_validation(legs: Sequence[tuple[str, Path]], role: str) -> list[tuple[str, list[int], list[float]]]:

@@ -51,7 +51,7 @@ from .samplers import make_sampler
 from .schedule import poly_lr, set_lr
 from .splits import split_cases
 from .stream import BatchStream, EpochIndex
-from .validation import validate
+from .validation import renamed, spread_cases, validate
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class TrainOptions:
     ``init_weights``: a state_dict file (``model.pt`` of a run, ``ROLE.pt`` of a bundle) whose
     weights start a new run; ignored when resuming, where the checkpoint's weights rule.
     ``val_cache``: a cache of validation cases that are not training cases (e.g. phantoms of
-    other masks); default: the held-out fold.
+    other masks); default: the held-out fold. ``fit_cases``: with held-out validation, also score
+    this many training cases (spread over them) the same way at each validation, logged as
+    ``fit_*`` beside ``val_*``: the gap shows a model learning its training cases rather than the
+    task. They never choose the weights.
     """
 
     cache: Path
@@ -96,6 +99,7 @@ class TrainOptions:
     progress: bool = False
     init_weights: Path | None = None
     val_cache: Path | None = None
+    fit_cases: int = 0
 
 
 @dataclass
@@ -128,6 +132,8 @@ def _train(config: TrainConfig, options: TrainOptions, context: Distributed) -> 
         out.mkdir(parents=True, exist_ok=True)
     context.barrier()
     train_cases, val_cases, held_out = _cases(options)
+    fit_cases = spread_cases([c for c in train_cases if c.has_kidney], options.fit_cases) \
+        if held_out and options.fit_cases > 0 else []
     sampler = make_sampler(config.spec, config.patch_size, config.patches_per_case, config.inference_window_fraction,
                            config.tumor_box_padding)
     index = EpochIndex(train_cases, sampler, config.seed)
@@ -151,14 +157,14 @@ def _train(config: TrainConfig, options: TrainOptions, context: Distributed) -> 
                     state.iteration, state.total, context.device, context.world_size)
     try:
         _loop(config, options, context, model, network, optimizer, scaler, amp_dtype, stream, state, log,
-              val_cases if context.is_main else [], held_out)
+              val_cases if context.is_main else [], held_out, fit_cases if context.is_main else [])
     finally:
         stream.close()
         if log is not None:
             log.close()
     finished = state.iteration >= state.total
     checksums = context.gather(_checksum(network))
-    summary = _summary(config, options, context, state, train_cases, val_cases, held_out, finished,
+    summary = _summary(config, options, context, state, train_cases, val_cases, fit_cases, held_out, finished,
                        time.perf_counter() - started, checksums)
     if context.is_main:
         if finished and held_out and (out / BEST_NAME).is_file():
@@ -172,7 +178,8 @@ def _train(config: TrainConfig, options: TrainOptions, context: Distributed) -> 
 
 def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, model: nn.Module, network: nn.Module,
           optimizer: torch.optim.Optimizer, scaler, amp_dtype: torch.dtype | None, stream: BatchStream,
-          state: RunState, log: ScalarLog | None, val_cases: list[CachedCase], held_out: bool) -> None:
+          state: RunState, log: ScalarLog | None, val_cases: list[CachedCase], held_out: bool,
+          fit_cases: list[CachedCase]) -> None:
     start = state.iteration
     weights = LossWeights(**config.loss_weights)
     sums: dict[str, torch.Tensor | float] = {"loss": 0.0, "seg_loss": 0.0, "reg_loss": 0.0}  # on the device
@@ -218,7 +225,7 @@ def _loop(config: TrainConfig, options: TrainOptions, context: Distributed, mode
             sums = dict.fromkeys(sums, 0.0)
             counted, interval_start = 0, time.perf_counter()
         if state.iteration % config.val_interval == 0 or last:
-            _validate(config, options, context, network, amp_dtype, val_cases, held_out, state, log)
+            _validate(config, options, context, network, amp_dtype, val_cases, held_out, state, log, fit_cases)
             if budget is not None:
                 budget.restart(state)  # the speed of training, not of validation, sets the iterations
         stopping = bool(options.stop_after) and state.iteration - start >= options.stop_after
@@ -246,23 +253,28 @@ def _skip_step(config: TrainConfig, state: RunState) -> None:
 
 def _validate(config: TrainConfig, options: TrainOptions, context: Distributed, network: nn.Module,
               amp_dtype: torch.dtype | None, cases: list[CachedCase], held_out: bool, state: RunState,
-              log: ScalarLog | None) -> None:
-    """Whole-crop validation on rank 0; with held-out cases, a better ``val_dice`` saves ``best.pt``."""
+              log: ScalarLog | None, fit_cases: list[CachedCase]) -> None:
+    """Whole-crop validation on rank 0; with held-out cases, a better ``val_dice`` saves ``best.pt``.
+    ``fit_cases`` (training cases) are scored the same way, as ``fit_*``, and choose nothing."""
     if context.is_main and cases:
         started = time.perf_counter()
-        scores = validate(network, config.spec, cases, context.device,  # as the engine runs: float32 on the CPU
-                          amp_dtype if context.device.type == "cuda" else None)
-        state.history.append({"iteration": state.iteration, **scores})
+        inference_amp = amp_dtype if context.device.type == "cuda" else None  # as the engine runs: float32 on the CPU
+        scores = validate(network, config.spec, cases, context.device, inference_amp)
+        fit = renamed(validate(network, config.spec, fit_cases, context.device, inference_amp), "fit_") if fit_cases else {}
+        state.history.append({"iteration": state.iteration, **scores, **fit})
         improved = held_out and (state.best is None or scores["val_dice"] > state.best["val_dice"])
         if improved:
-            state.best = {"iteration": state.iteration, **scores}
+            state.best = {"iteration": state.iteration, **scores, **fit}
             _save_atomic(_cpu_state(network), Path(options.out) / BEST_NAME)
         logger.info("%s: iteration %d/%d, whole-crop validation on %d cases%s: %s (%.0f s)%s", config.role,
                     state.iteration, state.total, len(cases), "" if held_out else " (training cases)",
                     ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()), time.perf_counter() - started,
                     ", best so far" if improved else "")
+        if fit:
+            logger.info("%s: the same on %d training cases: %s", config.role, len(fit_cases),
+                        ", ".join(f"{k[4:]} {v:.3f}" for k, v in fit.items()))
         if log is not None:
-            log.write(state.iteration, scores)
+            log.write(state.iteration, {**scores, **fit})
     context.barrier()
 
 
@@ -389,8 +401,8 @@ def _cases(options: TrainOptions) -> tuple[list[CachedCase], list[CachedCase], b
 
 
 def _summary(config: TrainConfig, options: TrainOptions, context: Distributed, state: RunState,
-             train_cases: list[CachedCase], val_cases: list[CachedCase], held_out: bool, finished: bool,
-             seconds: float, checksums: list[float]) -> dict[str, Any]:
+             train_cases: list[CachedCase], val_cases: list[CachedCase], fit_cases: list[CachedCase], held_out: bool,
+             finished: bool, seconds: float, checksums: list[float]) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
     return {
         "role": config.role,
@@ -405,6 +417,7 @@ def _summary(config: TrainConfig, options: TrainOptions, context: Distributed, s
         "training_cases": [c.case_id for c in train_cases],
         "validation_cases": [c.case_id for c in val_cases],
         "validation_held_out": held_out,
+        "fit_cases": [c.case_id for c in fit_cases],  # training cases also scored (fit_* in the history)
         "init_weights": state.init_weights,
         "iteration": state.iteration, "total_iterations": state.total,
         "validation": last,

@@ -110,3 +110,16 @@ def validate(network: nn.Module, spec: RoleSpec, cases: Sequence[CachedCase], de
         network.to(memory_format=torch.contiguous_format)
         network.train(was_training)
     return summarize(counts, spec.task == "tumor")
+
+
+def spread_cases(cases: Sequence[CachedCase], count: int) -> list[CachedCase]:
+    """``count`` cases taken evenly over the list (all of them if fewer)."""
+    if count >= len(cases):
+        return list(cases)
+    step = len(cases) / count
+    return [cases[int(i * step)] for i in range(count)]
+
+
+def renamed(scores: dict[str, float], prefix: str) -> dict[str, float]:
+    """``scores`` of :func:`validate` with ``val_`` replaced by ``prefix`` (e.g. ``fit_``)."""
+    return {prefix + key[len("val_"):]: value for key, value in scores.items()}
