@@ -123,6 +123,7 @@ def test_validation_runs_the_engine_over_whole_crops_of_cases_apart_from_trainin
     tp, fp, fn = (called & tumor).sum(), (called & ~tumor).sum(), (~called & tumor).sum()
     assert chosen["val_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-9)
     assert chosen["val_healthy_called_tumor"] == pytest.approx((called & (labels == 1)).sum() / (labels == 1).sum())
+    assert chosen["val_chance_precision"] == pytest.approx(tumor.sum() / (labels > 0).sum())
     from training_tools.export import run_provenance
 
     assert run_provenance(summary)["chosen"] == chosen  # a bundle says which validation its weights scored

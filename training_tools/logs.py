@@ -10,8 +10,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("iteration", "lr", "loss", "seg_loss", "reg_loss", "seconds_per_iteration", "val_dice", "val_precision",
-           "val_recall", "val_healthy_called_tumor", "fit_dice", "fit_precision", "fit_recall",
-           "fit_healthy_called_tumor")
+           "val_recall", "val_healthy_called_tumor", "val_chance_precision", "fit_dice", "fit_precision", "fit_recall",
+           "fit_healthy_called_tumor", "fit_chance_precision")
 """Training scalars, the whole-crop validation scores (training_tools.validation) and, with
 ``train --fit-cases``, the same scores on training cases (``fit_*``)."""
 
@@ -77,7 +77,8 @@ def read_log(path: Path) -> list[dict[str, float]]:
 def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     """PNG of the loss (with its parts), the learning rate and the whole-crop validation (Dice,
     precision, recall, healthy kidney called tumor) against iteration; the training cases' Dice
-    (``fit_dice``), where logged, dashed beside it."""
+    (``fit_dice``), where logged, dashed beside it, and the precision of calling every scored voxel
+    tumor (``val_chance_precision``), dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +94,7 @@ def plot_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     for key in ("val_dice", "val_precision", "val_recall", "val_healthy_called_tumor"):
         _plot(axes[2], rows, key, marker="o")
     _plot(axes[2], rows, "fit_dice", marker="o", linestyle="--", label="fit_dice (training cases)")
+    _plot(axes[2], rows, "val_chance_precision", linestyle=":", label="val_chance_precision (precision at chance)")
     axes[2].set_title("whole-crop validation")
     axes[2].set_ylim(0, 1)
     for axis in axes:

@@ -84,7 +84,9 @@ def _counts(called: np.ndarray, truth: np.ndarray) -> CaseCounts:
 
 def summarize(counts: Sequence[CaseCounts], tumor: bool) -> dict[str, float]:
     """Pooled scores over the validation cases: ``val_dice`` (chooses checkpoints), precision and
-    recall; for tumor models also the median share of healthy kidney called tumor."""
+    recall; for tumor models also the median share of healthy kidney called tumor and the precision
+    of calling every scored voxel tumor (``val_chance_precision``: the tumor's share of kidney and
+    tumor), which a model's precision must beat to tell tumor from kidney at all."""
     tp, fp, fn = (sum(getattr(c, k) for c in counts) for k in ("tp", "fp", "fn"))
     scores = {
         "val_dice": 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn),
@@ -94,6 +96,8 @@ def summarize(counts: Sequence[CaseCounts], tumor: bool) -> dict[str, float]:
     if tumor:
         shares = [c.kidney_called_tumor / c.kidney for c in counts if c.kidney]
         scores["val_healthy_called_tumor"] = float(np.median(shares)) if shares else 0.0
+        scored = sum(c.kidney for c in counts) + tp + fn
+        scores["val_chance_precision"] = (tp + fn) / scored if scored else 0.0
     return scores
 
 
