@@ -314,3 +314,16 @@ def test_fit_cases_score_training_cases_as_validation_does_and_choose_nothing(ca
     assert [row["fit_dice"] for row in logged] == pytest.approx([h["fit_dice"] for h in summary["history"]], abs=1e-5)
     alone = train(config, _options(cache, tmp_path / "alone", fit_cases=2))  # no held-out cases: nothing to compare
     assert alone["fit_cases"] == [] and all("fit_dice" not in h for h in alone["history"])
+
+
+def test_cpu_training_flushes_subnormal_floats(cache, tmp_path):
+    """Trained weights give subnormal floats, which x86 CPUs compute many times slower; a CPU run
+    flushes them to zero."""
+    torch.set_flush_denormal(False)
+    try:
+        assert (torch.tensor([1e-40]) * 2.0).item() != 0.0
+        train(load_config("T-vnet", "paper", {**TINY, "iterations": 1, "patch_size": [16, 32, 32]}),
+              _options(cache, tmp_path / "run"))
+        assert (torch.tensor([1e-40]) * 2.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)

@@ -2,9 +2,14 @@
 bfloat16 autocast and ``torch.compile``, on this machine's CPU (or a GPU with --device cuda).
 
 One iteration = forward, the role's loss (segmentation + WMSE), backward and an Adam step, on a
-batch of the role's training patch filled with random values (speed does not depend on them).
+batch of the role's training patch filled with random values. The weights are random too, unless
+``--weights`` gives trained ones: those make subnormal floats, which this CPU computes far more
+slowly (mode ``float32+flush_denormal`` flushes them to zero, as ``kidneytumorseg-train train``
+does on the CPU).
 
     python benchmarks/training_speed.py --roles T-vnet,T-unet,T2D-ax-bce --widths 8,8,4 --out speed.json
+    python benchmarks/training_speed.py --roles T-vnet --widths 8 --batch-sizes 2 \
+        --weights T-vnet=run/model.pt --modes float32,float32+flush_denormal --out denormal.json
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 from KidneyTumorSegLib.networks.registry import ROLES
 from training_tools.losses import total_loss
 
-MODES = ("float32", "channels_last", "bf16", "bf16+channels_last", "compile")
+MODES = ("float32", "float32+flush_denormal", "channels_last", "bf16", "bf16+channels_last", "compile")
 
 
 def _batch(role: str, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,10 +38,15 @@ def _batch(role: str, batch_size: int, device: torch.device) -> tuple[torch.Tens
 
 
 def seconds_per_iteration(role: str, width: int, batch_size: int, mode: str, device: torch.device,
-                          warmup: int, iterations: int) -> float:
-    """Mean wall seconds of one training iteration of ``role`` at ``width`` in ``mode``."""
+                          warmup: int, iterations: int, weights: Path | None = None) -> float:
+    """Mean wall seconds of one training iteration of ``role`` at ``width`` in ``mode`` (from
+    ``weights``, a state_dict file, when given)."""
     torch.manual_seed(0)
-    network = ROLES[role].build(width).to(device)
+    torch.set_flush_denormal(mode.endswith("flush_denormal"))
+    network = ROLES[role].build(width)
+    if weights is not None:
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    network = network.to(device)
     image, seg, reg = _batch(role, batch_size, device)
     if "channels_last" in mode:
         layout = torch.channels_last_3d if image.ndim == 5 else torch.channels_last
@@ -72,6 +82,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--weights", action="append", default=[], metavar="ROLE=PT",
+                        help="start that role from trained weights (repeat); default: random weights")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,17 +92,20 @@ def main() -> int:
     widths = [int(w) for w in args.widths.split(",")]
     batches = [int(b) for b in args.batch_sizes.split(",")]
     modes = args.modes.split(",")
+    weights = dict(item.split("=", 1) for item in args.weights)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown modes {unknown}; expected some of {MODES}")
     results = {"device": str(device), "threads": args.threads, "torch": torch.__version__,
                "processor": platform.processor() or platform.machine(), "warmup": args.warmup,
                "iterations": args.iterations, "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+               "weights": {role: Path(path).name for role, path in weights.items()} or "random",
                "roles": {}}
     for role, width, batch in zip(roles, widths, batches):
         timings = {}
         for mode in modes:
-            seconds = seconds_per_iteration(role, width, batch, mode, device, args.warmup, args.iterations)
+            seconds = seconds_per_iteration(role, width, batch, mode, device, args.warmup, args.iterations,
+                                            Path(weights[role]) if role in weights else None)
             timings[mode] = {"seconds_per_iteration": round(seconds, 4), "iterations_per_second": round(1 / seconds, 3)}
             print(f"{role} width {width} batch {batch} {mode}: {seconds:.3f} s/iteration", flush=True)
         base = timings[modes[0]]["seconds_per_iteration"]

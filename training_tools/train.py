@@ -471,6 +471,8 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib
 def _set_threads(options: TrainOptions, context: Distributed) -> None:
     if context.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
+    else:  # trained weights give subnormal floats, which x86 CPUs compute tens of times slower (T-vnet: 6.5x per iteration)
+        torch.set_flush_denormal(True)
     if options.threads:
         torch.set_num_threads(options.threads)
     elif context.active and context.device.type == "cpu":
