@@ -92,6 +92,8 @@ def main() -> int:
     widths = [int(w) for w in args.widths.split(",")]
     batches = [int(b) for b in args.batch_sizes.split(",")]
     modes = args.modes.split(",")
+    if any("=" not in item for item in args.weights):
+        parser.error("--weights takes ROLE=PT, e.g. T-vnet=run/model.pt")
     weights = dict(item.split("=", 1) for item in args.weights)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
