@@ -126,7 +126,7 @@ def train(config: TrainConfig, options: TrainOptions) -> dict[str, Any]:
 
 def _train(config: TrainConfig, options: TrainOptions, context: Distributed) -> dict[str, Any]:
     started = time.perf_counter()
-    _set_threads(options, context)
+    _set_compute(options, context)
     out = Path(options.out)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -268,14 +268,18 @@ def _validate(config: TrainConfig, options: TrainOptions, context: Distributed, 
             _save_atomic(_cpu_state(network), Path(options.out) / BEST_NAME)
         logger.info("%s: iteration %d/%d, whole-crop validation on %d cases%s: %s (%.0f s)%s", config.role,
                     state.iteration, state.total, len(cases), "" if held_out else " (training cases)",
-                    ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()), time.perf_counter() - started,
+                    _scores_text(scores), time.perf_counter() - started,
                     ", best so far" if improved else "")
         if fit:
-            logger.info("%s: the same on %d training cases: %s", config.role, len(fit_cases),
-                        ", ".join(f"{k[4:]} {v:.3f}" for k, v in fit.items()))
+            logger.info("%s: the same on %d training cases: %s", config.role, len(fit_cases), _scores_text(fit))
         if log is not None:
             log.write(state.iteration, {**scores, **fit})
     context.barrier()
+
+
+def _scores_text(scores: dict[str, float]) -> str:
+    """``val_dice 0.5, ...`` or ``fit_dice ...`` as ``dice 0.500, ...`` for the log."""
+    return ", ".join(f"{key.split('_', 1)[1]} {value:.3f}" for key, value in scores.items())
 
 
 def _cpu_state(network: nn.Module) -> dict[str, torch.Tensor]:
@@ -468,10 +472,11 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def _set_threads(options: TrainOptions, context: Distributed) -> None:
+def _set_compute(options: TrainOptions, context: Distributed) -> None:
+    """This process's kernel choices and CPU threads."""
     if context.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
-    else:  # trained weights give subnormal floats, which x86 CPUs compute tens of times slower (T-vnet: 6.5x per iteration)
+    else:  # trained weights give subnormal floats, which this CPU computes slowly (a T-vnet iteration: 6.5x)
         torch.set_flush_denormal(True)
     if options.threads:
         torch.set_num_threads(options.threads)
